@@ -1,0 +1,22 @@
+// Strict base64url (RFC 4648 §5, unpadded, as RFC 7515 §2 requires).
+// Buffer.from(s, 'base64url') never throws: it skips foreign characters and
+// ignores non-zero trailing bits, so two different strings can decode to the
+// same bytes. A token must have exactly one spelling, so we check the alphabet,
+// the length, and that the bytes encode back to the very same text.
+
+/** Decodes canonical unpadded base64url, or returns undefined for anything else. */
+export function decodeBase64url(text: string): Buffer | undefined {
+  if (text.length % 4 === 1) return undefined;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    const ok =
+      (c >= 0x41 && c <= 0x5a) || // A-Z
+      (c >= 0x61 && c <= 0x7a) || // a-z
+      (c >= 0x30 && c <= 0x39) || // 0-9
+      c === 0x2d || c === 0x5f; // - _
+    if (!ok) return undefined;
+  }
+  const bytes = Buffer.from(text, 'base64url');
+  // Non-zero unused trailing bits decode "successfully" but do not round-trip.
+  return bytes.toString('base64url') === text ? bytes : undefined;
+}

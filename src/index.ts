@@ -1,0 +1,7 @@
+// The library surface, for host programs that embed the gateway.
+export { createTokenVerifier, VERIFIER_DEFAULTS } from './jwt.js';
+export type { Claims, KeyResolver, TrustedIssuer, Verification, VerifierOptions } from './jwt.js';
+export { createKeySet, KEYSET_DEFAULTS } from './jwks.js';
+export type { KeySet, KeySetOptions, KeySetStatus } from './jwks.js';
+export { STATUS } from './errors.js';
+export type { Reason, TokenReason } from './errors.js';

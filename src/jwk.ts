@@ -1,0 +1,59 @@
+// One RSA signing key from a JWK Set (RFC 7517 §4, RFC 7518 §6.3.1).
+// node:crypto imports lenient JWKs and verifies under tiny moduli and under the
+// exponent 1 (with which anyone can forge a signature), so every member is
+// checked here before node:crypto sees it.
+import { createPublicKey, type KeyObject } from 'node:crypto';
+import { decodeBase64url } from './base64url.js';
+
+export const MIN_MODULUS_BITS = 2048;
+
+export type ImportedKey = { kid: string; key: KeyObject } | { skipped: string };
+
+/** Imports a JWK as an RS256 verification key, or says why it cannot be one. */
+export function importRsaJwk(jwk: unknown): ImportedKey {
+  if (typeof jwk !== 'object' || jwk === null || Array.isArray(jwk)) return { skipped: 'not an object' };
+  const m = jwk as Record<string, unknown>;
+  const kid = own(m, 'kid');
+  if (typeof kid !== 'string' || kid === '') return { skipped: 'kid missing' };
+  const why = unusable(m);
+  if (why) return { skipped: `kid ${JSON.stringify(kid)}: ${why}` };
+  try {
+    // Only the public members are handed over: a key set that leaks "d" must
+    // never make us hold a private key.
+    const key = createPublicKey({ key: { kty: 'RSA', n: m.n as string, e: m.e as string }, format: 'jwk' });
+    return { kid, key };
+  } catch {
+    return { skipped: `kid ${JSON.stringify(kid)}: rejected by node:crypto` };
+  }
+}
+
+function unusable(m: Record<string, unknown>): string | undefined {
+  if (own(m, 'kty') !== 'RSA') return 'kty is not RSA';
+  const use = own(m, 'use');
+  if (use !== undefined && use !== 'sig') return 'use is not sig';
+  const alg = own(m, 'alg');
+  if (alg !== undefined && alg !== 'RS256') return 'alg is not RS256';
+  const ops = own(m, 'key_ops');
+  if (ops !== undefined && !(Array.isArray(ops) && ops.includes('verify'))) return 'key_ops lacks verify';
+  const n = own(m, 'n');
+  const e = own(m, 'e');
+  const modulus = typeof n === 'string' ? decodeBase64url(n) : undefined;
+  const exponent = typeof e === 'string' ? decodeBase64url(e) : undefined;
+  if (!modulus || modulus.length === 0) return 'n is not strict base64url';
+  if (!exponent) return 'e is not strict base64url';
+  // 65537 in its minimal big-endian form ("AQAB"); anything else is refused.
+  if (exponent.length !== 3 || exponent[0] !== 1 || exponent[1] !== 0 || exponent[2] !== 1) return 'e is not 65537';
+  if (modulusBits(modulus) < MIN_MODULUS_BITS) return `modulus under ${MIN_MODULUS_BITS} bits`;
+  return undefined;
+}
+
+function modulusBits(n: Buffer): number {
+  let i = 0;
+  while (i < n.length && n[i] === 0) i++;
+  if (i === n.length) return 0;
+  return (n.length - i - 1) * 8 + (32 - Math.clz32(n[i]!));
+}
+
+function own(m: Record<string, unknown>, name: string): unknown {
+  return Object.hasOwn(m, name) ? m[name] : undefined;
+}

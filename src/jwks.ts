@@ -1,0 +1,241 @@
+// One trusted issuer's key set (RFC 7517 §5): found through OpenID discovery,
+// an explicit jwks_uri, or a local file; cached, refreshed in the background,
+// refetched for an unknown kid at most once per cooldown, and served stale
+// for a bounded time when the issuer is down.
+import { readFile, stat } from 'node:fs/promises';
+import type { KeyObject } from 'node:crypto';
+import { importRsaJwk } from './jwk.js';
+import type { KeyResolver } from './jwt.js';
+
+export const KEYSET_DEFAULTS = {
+  fetchTimeoutMs: 5_000,
+  cooldownMs: 30_000,
+  maxAgeMs: 600_000,
+  minMaxAgeMs: 60_000,
+  maxMaxAgeMs: 86_400_000,
+  staleIfErrorMs: 86_400_000,
+  maxBodyBytes: 1024 * 1024,
+} as const;
+
+export interface KeySetOptions {
+  readonly issuer: string;
+  /** At most one of these; with neither, OpenID discovery finds the key set. */
+  readonly jwksUri?: string;
+  readonly jwksFile?: string;
+  readonly fetchTimeoutMs?: number;
+  readonly cooldownMs?: number;
+  readonly staleIfErrorMs?: number;
+  readonly fetch?: typeof globalThis.fetch;
+  readonly now?: () => number;
+  readonly log?: (line: Record<string, unknown>) => void;
+}
+
+export interface KeySetStatus {
+  readonly keys: number;
+  readonly usable: boolean;
+  readonly lastGoodFetch: number | undefined;
+}
+
+export interface KeySet {
+  readonly resolveKey: KeyResolver;
+  /** Fetches now, sharing any fetch already in flight. Never throws. */
+  refresh(): Promise<boolean>;
+  status(): KeySetStatus;
+  /** Fetches at once, then keeps the set fresh (and retries while it has none) on unref'd timers. */
+  start(): Promise<boolean>;
+  stop(): void;
+}
+
+/** https, or plain http to a loopback host (tests and sidecars). Returns a problem or undefined. */
+export function checkKeyUrl(text: string): string | undefined {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    return 'expected an absolute URL';
+  }
+  if (url.username || url.password) return 'must not carry credentials';
+  if (url.protocol === 'https:') return undefined;
+  const loopback = url.hostname === 'localhost' || url.hostname === '[::1]' || url.hostname.startsWith('127.');
+  if (url.protocol === 'http:' && loopback) return undefined;
+  return 'expected https (plain http only to a loopback host)';
+}
+
+export function createKeySet(opts: KeySetOptions): KeySet {
+  const fetchTimeoutMs = opts.fetchTimeoutMs ?? KEYSET_DEFAULTS.fetchTimeoutMs;
+  const cooldownMs = opts.cooldownMs ?? KEYSET_DEFAULTS.cooldownMs;
+  const staleIfErrorMs = opts.staleIfErrorMs ?? KEYSET_DEFAULTS.staleIfErrorMs;
+  const doFetch = opts.fetch ?? globalThis.fetch;
+  const now = opts.now ?? Date.now;
+  const log = opts.log ?? (() => {});
+  const issuer = opts.issuer;
+  if (opts.jwksUri !== undefined && opts.jwksFile !== undefined) throw new TypeError('jwksUri and jwksFile: give at most one');
+  for (const [name, url] of [['issuer', issuer], ['jwksUri', opts.jwksUri]] as const) {
+    const problem = url === undefined ? undefined : checkKeyUrl(url);
+    if (problem) throw new TypeError(`${name}: ${problem}`);
+  }
+
+  let keys = new Map<string, KeyObject>();
+  let lastGoodFetch: number | undefined;
+  let expiresAt = 0;
+  let lastAttempt = -Infinity;
+  let inflight: Promise<boolean> | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let stopped = false;
+
+  const usable = (t: number) => keys.size > 0 && t < expiresAt + staleIfErrorMs;
+  // Refresh once 80% of the max age has passed, so no request waits on it.
+  const refreshDue = (t: number) => lastGoodFetch !== undefined && t >= lastGoodFetch + (expiresAt - lastGoodFetch) * 0.8;
+
+  async function load(): Promise<{ body: unknown; maxAgeMs: number }> {
+    if (opts.jwksFile !== undefined) {
+      if ((await stat(opts.jwksFile)).size > KEYSET_DEFAULTS.maxBodyBytes) throw new Error('key file over 1 MiB');
+      return { body: JSON.parse(await readFile(opts.jwksFile, 'utf8')), maxAgeMs: KEYSET_DEFAULTS.maxAgeMs };
+    }
+    let jwksUri = opts.jwksUri;
+    if (jwksUri === undefined) {
+      const base = issuer.endsWith('/') ? issuer.slice(0, -1) : issuer;
+      const { body } = await getJson(`${base}/.well-known/openid-configuration`);
+      const doc = isObject(body) ? body : {};
+      if (doc.issuer !== issuer) throw new Error('discovery document names another issuer');
+      const problem = typeof doc.jwks_uri === 'string' ? checkKeyUrl(doc.jwks_uri) : 'missing';
+      if (problem) throw new Error(`discovery jwks_uri: ${problem}`);
+      jwksUri = doc.jwks_uri as string;
+    }
+    return getJson(jwksUri);
+  }
+
+  async function getJson(url: string): Promise<{ body: unknown; maxAgeMs: number }> {
+    const res = await doFetch(url, {
+      redirect: 'manual',
+      headers: { accept: 'application/json' },
+      signal: AbortSignal.timeout(fetchTimeoutMs),
+    });
+    if (res.status !== 200) {
+      await res.body?.cancel().catch(() => {});
+      throw new Error(`${url} answered ${res.status}`);
+    }
+    const text = await readCapped(res, KEYSET_DEFAULTS.maxBodyBytes);
+    return { body: JSON.parse(text), maxAgeMs: maxAgeOf(res.headers.get('cache-control')) };
+  }
+
+  async function fetchKeys(): Promise<boolean> {
+    lastAttempt = now();
+    try {
+      const { body, maxAgeMs } = await load();
+      const list = isObject(body) && Array.isArray(body.keys) ? body.keys : undefined;
+      if (!list) throw new Error('not a JWK Set: no "keys" array');
+      const next = new Map<string, KeyObject>();
+      for (const jwk of list) {
+        const imported = importRsaJwk(jwk);
+        if ('skipped' in imported) log({ kind: 'keys', issuer, result: 'key_skipped', detail: imported.skipped });
+        else if (next.has(imported.kid)) log({ kind: 'keys', issuer, result: 'key_skipped', detail: `kid ${JSON.stringify(imported.kid)}: duplicate` });
+        else next.set(imported.kid, imported.key);
+      }
+      if (next.size === 0) throw new Error('no usable RS256 key in the set');
+      const t = now();
+      keys = next;
+      lastGoodFetch = t;
+      expiresAt = t + maxAgeMs;
+      log({ kind: 'keys', issuer, result: 'ok', keys: next.size });
+      return true;
+    } catch (err) {
+      log({ kind: 'keys', issuer, result: 'error', detail: describe(err), keys: keys.size, stale: keys.size > 0 });
+      return false;
+    }
+  }
+
+  function refresh(): Promise<boolean> {
+    inflight ??= fetchKeys().finally(() => {
+      inflight = undefined;
+    });
+    return inflight;
+  }
+
+  async function resolveKey(kid: string): Promise<KeyObject | 'kid_unknown' | 'jwks_unavailable'> {
+    const t = now();
+    const mayFetch = inflight !== undefined || t - lastAttempt >= cooldownMs;
+    if (!usable(t)) {
+      if (mayFetch) await refresh();
+      return usable(now()) ? (keys.get(kid) ?? 'kid_unknown') : 'jwks_unavailable';
+    }
+    if (refreshDue(t) && mayFetch) void refresh();
+    const key = keys.get(kid);
+    if (key) return key;
+    // An unknown kid may be a rotation: look again, at most once per cooldown.
+    if (!mayFetch) return 'kid_unknown';
+    await refresh();
+    return keys.get(kid) ?? 'kid_unknown';
+  }
+
+  function schedule(delayMs: number, failures: number): void {
+    if (stopped) return;
+    timer = setTimeout(() => {
+      void refresh().then((ok) => {
+        const t = now();
+        const nextDelay = ok || usable(t)
+          ? Math.max(1_000, lastGoodFetch! + (expiresAt - lastGoodFetch!) * 0.8 - t)
+          : Math.min(1_000 * 2 ** failures, cooldownMs);
+        schedule(nextDelay, ok ? 0 : failures + 1);
+      });
+    }, delayMs);
+    timer.unref?.();
+  }
+
+  return {
+    resolveKey,
+    refresh,
+    status: () => ({ keys: keys.size, usable: usable(now()), lastGoodFetch }),
+    async start() {
+      stopped = false;
+      const ok = await refresh();
+      clearTimeout(timer);
+      schedule(ok ? Math.max(1_000, (expiresAt - now()) * 0.8) : 1_000, ok ? 0 : 1);
+      return ok;
+    },
+    stop() {
+      stopped = true;
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** Cache-Control max-age, clamped to [60 s, 24 h]; 10 min when absent. */
+function maxAgeOf(cacheControl: string | null): number {
+  let ms: number = KEYSET_DEFAULTS.maxAgeMs;
+  for (const part of (cacheControl ?? '').split(',')) {
+    const [name, value] = part.trim().toLowerCase().split('=');
+    if (name === 'max-age' && value !== undefined && /^\d{1,9}$/.test(value)) ms = Number(value) * 1000;
+    if (name === 'no-cache' || name === 'no-store') ms = 0;
+  }
+  return Math.min(Math.max(ms, KEYSET_DEFAULTS.minMaxAgeMs), KEYSET_DEFAULTS.maxMaxAgeMs);
+}
+
+async function readCapped(res: Response, maxBytes: number): Promise<string> {
+  const declared = Number(res.headers.get('content-length') ?? 0);
+  if (declared > maxBytes) {
+    await res.body?.cancel().catch(() => {});
+    throw new Error('body over 1 MiB');
+  }
+  if (!res.body) return '';
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for await (const chunk of res.body as AsyncIterable<Uint8Array>) {
+    total += chunk.byteLength;
+    if (total > maxBytes) throw new Error('body over 1 MiB');
+    chunks.push(chunk);
+  }
+  return new TextDecoder('utf-8', { fatal: true }).decode(Buffer.concat(chunks));
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function describe(err: unknown): string {
+  if (!(err instanceof Error)) return String(err);
+  if (err.name === 'TimeoutError') return 'timed out';
+  // fetch puts the socket error on err.cause.code on Node, on err.code on Bun.
+  const code = (err as { code?: unknown }).code ?? (err.cause as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' ? `${err.message} (${code})` : err.message;
+}

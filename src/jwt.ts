@@ -1,0 +1,162 @@
+// Verifies a compact JWS carrying a JWT (RFC 7515, 7519), following RFC 8725.
+// The order is fixed and each step only runs when the one before it passed:
+//   1. parse:     size cap, three canonical base64url segments, JSON objects
+//   2. alg:       exactly RS256; typ JWT if present; no crit, no b64
+//   3. key:       the unverified iss only picks which trusted issuer's key set
+//                 to ask; the kid picks the key in it. Keys named or carried by
+//                 the token (jku, x5u, jwk, x5c) are never looked at.
+//   4. signature: RSASSA-PKCS1-v1_5 with SHA-256 through node:crypto
+//   5. claims:    iss, aud, exp, nbf, iat (and max age), with clock skew
+import { verify, type KeyObject } from 'node:crypto';
+import { decodeBase64url } from './base64url.js';
+import type { TokenReason } from './errors.js';
+
+/** Finds the verification key for a kid in one issuer's key set. Never throws. */
+export type KeyResolver = (kid: string) => Promise<KeyObject | 'kid_unknown' | 'jwks_unavailable'>;
+
+export interface TrustedIssuer {
+  readonly issuer: string;
+  readonly audiences: readonly string[];
+  readonly resolveKey: KeyResolver;
+}
+
+/** Verified claims: frozen, null-prototype, own properties only. */
+export type Claims = Readonly<Record<string, unknown>>;
+
+export type Verification =
+  | { readonly ok: true; readonly claims: Claims }
+  | { readonly ok: false; readonly reason: TokenReason };
+
+export interface VerifierOptions {
+  readonly issuers: readonly TrustedIssuer[];
+  readonly clockSkewSeconds?: number;
+  /** Refuse tokens issued longer ago than this (needs iat). Off by default. */
+  readonly maxAgeSeconds?: number;
+  readonly maxTokenBytes?: number;
+  /** Milliseconds since the epoch; injectable so tests never sleep. */
+  readonly now?: () => number;
+}
+
+export const VERIFIER_DEFAULTS = { clockSkewSeconds: 60, maxTokenBytes: 8 * 1024 } as const;
+
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+function fail(reason: TokenReason): Verification {
+  return { ok: false, reason };
+}
+
+/** Returns a function that verifies one token and never throws. */
+export function createTokenVerifier(opts: VerifierOptions): (token: string) => Promise<Verification> {
+  const skew = opts.clockSkewSeconds ?? VERIFIER_DEFAULTS.clockSkewSeconds;
+  const maxBytes = opts.maxTokenBytes ?? VERIFIER_DEFAULTS.maxTokenBytes;
+  const maxAge = opts.maxAgeSeconds;
+  const now = opts.now ?? Date.now;
+  if (!(Number.isFinite(skew) && skew >= 0)) throw new TypeError('clockSkewSeconds: expected a number >= 0');
+  if (!(Number.isInteger(maxBytes) && maxBytes > 0)) throw new TypeError('maxTokenBytes: expected an integer > 0');
+  if (maxAge !== undefined && !(Number.isFinite(maxAge) && maxAge > 0)) throw new TypeError('maxAgeSeconds: expected a number > 0');
+  if (opts.issuers.length === 0) throw new TypeError('issuers: expected at least one trusted issuer');
+  const byIssuer = new Map(opts.issuers.map((t) => [t.issuer, t]));
+
+  return async function verifyToken(token: string): Promise<Verification> {
+    // 1. parse
+    if (token.length === 0) return fail('token_missing');
+    if (token.length > maxBytes) return fail('token_malformed');
+    const dot1 = token.indexOf('.');
+    const dot2 = dot1 < 0 ? -1 : token.indexOf('.', dot1 + 1);
+    if (dot2 < 0 || token.indexOf('.', dot2 + 1) >= 0) return fail('token_malformed');
+    const header = parseObject(token.slice(0, dot1));
+    const payload = parseObject(token.slice(dot1 + 1, dot2));
+    const signature = decodeBase64url(token.slice(dot2 + 1));
+    if (!header || !payload || !signature || signature.length === 0) return fail('token_malformed');
+
+    // 2. alg and the other header members that change how to verify
+    if (own(header, 'alg') !== 'RS256') return fail('alg_not_allowed');
+    const typ = own(header, 'typ');
+    if (typ !== undefined && (typeof typ !== 'string' || typ.toUpperCase() !== 'JWT')) return fail('token_malformed');
+    // crit names extensions we do not understand (RFC 7515 §4.1.11); b64 is one (RFC 7797).
+    if (Object.hasOwn(header, 'crit') || Object.hasOwn(header, 'b64')) return fail('token_malformed');
+    const kid = own(header, 'kid');
+    if (typeof kid !== 'string' || kid === '') return fail('token_malformed');
+
+    // 3. key: a token from an issuer we do not trust never reaches a key set.
+    const iss = own(payload, 'iss');
+    const trusted = typeof iss === 'string' ? byIssuer.get(iss) : undefined;
+    if (!trusted) return fail('issuer_mismatch');
+    let key: Awaited<ReturnType<KeyResolver>>;
+    try {
+      key = await trusted.resolveKey(kid);
+    } catch {
+      return fail('jwks_unavailable');
+    }
+    if (typeof key === 'string') return fail(key);
+
+    // 4. signature over the exact bytes received
+    let valid = false;
+    try {
+      valid = verify('sha256', Buffer.from(token.slice(0, dot2), 'latin1'), key, signature);
+    } catch {
+      valid = false;
+    }
+    if (!valid) return fail('signature_invalid');
+
+    // 5. claims, now that they are known to come from the issuer
+    const reason = checkClaims(payload, trusted, now() / 1000, skew, maxAge);
+    return reason ? fail(reason) : { ok: true, claims: freezeClaims(payload) };
+  };
+}
+
+function checkClaims(
+  p: Record<string, unknown>,
+  trusted: TrustedIssuer,
+  nowSeconds: number,
+  skew: number,
+  maxAge: number | undefined,
+): TokenReason | undefined {
+  if (own(p, 'iss') !== trusted.issuer) return 'issuer_mismatch';
+  const exp = own(p, 'exp');
+  const nbf = own(p, 'nbf');
+  const iat = own(p, 'iat');
+  if (!isTime(exp) || (nbf !== undefined && !isTime(nbf)) || (iat !== undefined && !isTime(iat))) return 'token_malformed';
+  if (maxAge !== undefined && iat === undefined) return 'token_malformed';
+  const aud = own(p, 'aud');
+  const audiences = typeof aud === 'string' ? [aud] : Array.isArray(aud) ? aud : [];
+  if (!audiences.some((a) => typeof a === 'string' && trusted.audiences.includes(a))) return 'audience_mismatch';
+  if (!(nowSeconds < exp + skew)) return 'token_expired';
+  if (nbf !== undefined && nbf > nowSeconds + skew) return 'token_not_yet_valid';
+  if (iat !== undefined && iat > nowSeconds + skew) return 'token_not_yet_valid';
+  if (maxAge !== undefined && nowSeconds - (iat as number) > maxAge + skew) return 'token_expired';
+  return undefined;
+}
+
+function isTime(v: unknown): v is number {
+  return typeof v === 'number' && Number.isFinite(v);
+}
+
+/** Decodes one segment to a JSON object, or undefined for anything else. */
+function parseObject(segment: string): Record<string, unknown> | undefined {
+  const bytes = decodeBase64url(segment);
+  if (!bytes || bytes.length === 0) return undefined;
+  try {
+    const value: unknown = JSON.parse(utf8.decode(bytes));
+    return typeof value === 'object' && value !== null && !Array.isArray(value)
+      ? (value as Record<string, unknown>)
+      : undefined;
+  } catch {
+    // Invalid UTF-8, invalid JSON, or nesting deeper than the parser's stack.
+    return undefined;
+  }
+}
+
+function own(o: Record<string, unknown>, name: string): unknown {
+  return Object.hasOwn(o, name) ? o[name] : undefined;
+}
+
+// JSON.parse makes "__proto__" an own property; copying onto a null-prototype
+// object with defineProperty keeps it a plain, harmless claim name.
+function freezeClaims(p: Record<string, unknown>): Claims {
+  const claims = Object.create(null) as Record<string, unknown>;
+  for (const name of Object.keys(p)) {
+    Object.defineProperty(claims, name, { value: p[name], enumerable: true });
+  }
+  return Object.freeze(claims);
+}
