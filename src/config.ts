@@ -1,0 +1,209 @@
+// The one JSON config: types, defaults, and validation that reports every
+// problem at once as `json.path: problem`. Nothing starts half-configured.
+import { isIP } from 'node:net';
+import { checkKeyUrl } from './jwks.js';
+import { checkRule, type Rule } from './policy.js';
+
+export interface IssuerConfig {
+  readonly issuer: string;
+  readonly audiences: readonly string[];
+  readonly jwksUri?: string;
+  readonly jwksFile?: string;
+}
+
+export interface RouteConfig {
+  /** Normalised: no trailing slash, except "/" itself. */
+  readonly path: string;
+  readonly upstream: URL;
+  readonly allow: readonly Rule[];
+  readonly forwardClaims: readonly string[];
+  readonly methods?: readonly string[];
+}
+
+export interface GatewayConfig {
+  readonly listen: { readonly host: string; readonly port: number };
+  readonly admin: { readonly host: string; readonly port: number };
+  readonly issuers: readonly IssuerConfig[];
+  readonly token: {
+    readonly header: string;
+    readonly clockSkewSeconds: number;
+    readonly maxAgeSeconds?: number;
+    readonly maxBytes: number;
+  };
+  readonly keys: { readonly fetchTimeoutMs: number; readonly cooldownMs: number; readonly staleIfErrorMs: number };
+  readonly timeouts: {
+    readonly upstreamConnectMs: number;
+    readonly upstreamHeadMs: number;
+    readonly idleMs: number;
+    readonly clientHeadersMs: number;
+  };
+  readonly trustedProxies: readonly string[];
+  readonly routes: readonly RouteConfig[];
+}
+
+export const DEFAULTS = {
+  listen: { host: '0.0.0.0', port: 8000 },
+  admin: { host: '127.0.0.1', port: 9090 },
+  token: { header: 'gateway-authorization', clockSkewSeconds: 60, maxBytes: 8192 },
+  keys: { fetchTimeoutMs: 5_000, cooldownMs: 30_000, staleIfErrorMs: 86_400_000 },
+  timeouts: { upstreamConnectMs: 5_000, upstreamHeadMs: 30_000, idleMs: 300_000, clientHeadersMs: 10_000 },
+} as const;
+
+export type ConfigResult = { ok: true; config: GatewayConfig } | { ok: false; problems: string[] };
+
+type Json = Record<string, unknown>;
+
+/** Validates parsed JSON into a GatewayConfig, or lists every problem with its path. */
+export function parseConfig(input: unknown): ConfigResult {
+  const problems: string[] = [];
+  const p = (path: string, problem: string) => problems.push(`${path}: ${problem}`);
+  const root = object(input, '(root)', ['listen', 'admin', 'issuers', 'token', 'keys', 'timeouts', 'trustedProxies', 'routes'], p);
+
+  const endpoint = (name: 'listen' | 'admin') => {
+    const o = object(root[name] ?? {}, name, ['host', 'port'], p);
+    const host = o.host ?? DEFAULTS[name].host;
+    const port = o.port ?? DEFAULTS[name].port;
+    if (typeof host !== 'string' || host === '') p(`${name}.host`, 'expected a host name or address');
+    if (!isInt(port, 0, 65535)) p(`${name}.port`, 'expected an integer from 0 to 65535');
+    return { host: String(host), port: Number(port) };
+  };
+  const listen = endpoint('listen');
+  const admin = endpoint('admin');
+  if (listen.port !== 0 && listen.port === admin.port && listen.host === admin.host) p('admin', 'must not share the public listener');
+
+  const issuerList = array(root.issuers, 'issuers', p);
+  if (root.issuers !== undefined && issuerList.length === 0) p('issuers', 'expected at least one issuer');
+  if (root.issuers === undefined) p('issuers', 'required');
+  const issuers = issuerList.map((raw, i): IssuerConfig => {
+    const at = `issuers[${i}]`;
+    const o = object(raw, at, ['issuer', 'audience', 'jwksUri', 'jwksFile'], p);
+    const urlProblem = typeof o.issuer === 'string' ? checkKeyUrl(o.issuer) : 'expected a URL string';
+    if (urlProblem) p(`${at}.issuer`, urlProblem);
+    const audiences = strings(o.audience, `${at}.audience`, p);
+    if (audiences.length === 0 || audiences.includes('')) p(`${at}.audience`, 'expected a non-empty string or array of them');
+    if (o.jwksUri !== undefined) {
+      const problem = typeof o.jwksUri === 'string' ? checkKeyUrl(o.jwksUri) : 'expected a URL string';
+      if (problem) p(`${at}.jwksUri`, problem);
+    }
+    if (o.jwksFile !== undefined && (typeof o.jwksFile !== 'string' || o.jwksFile === '')) p(`${at}.jwksFile`, 'expected a file path');
+    if (o.jwksUri !== undefined && o.jwksFile !== undefined) p(at, 'give jwksUri or jwksFile, not both');
+    return { issuer: String(o.issuer), audiences, jwksUri: o.jwksUri as string | undefined, jwksFile: o.jwksFile as string | undefined };
+  });
+  const names = issuers.map((i) => i.issuer);
+  names.forEach((n, i) => names.indexOf(n) !== i && p(`issuers[${i}].issuer`, 'duplicate issuer'));
+
+  const tok = object(root.token ?? {}, 'token', ['header', 'clockSkewSeconds', 'maxAgeSeconds', 'maxBytes'], p);
+  const header = tok.header ?? DEFAULTS.token.header;
+  if (typeof header !== 'string' || !isToken(header)) p('token.header', 'expected an HTTP header name');
+  if (typeof header === 'string' && ['host', 'connection', 'content-length', 'transfer-encoding'].includes(header.toLowerCase())) p('token.header', 'must not be a framing header');
+  const token = {
+    header: String(header).toLowerCase(),
+    clockSkewSeconds: num(tok, 'clockSkewSeconds', DEFAULTS.token.clockSkewSeconds, 0, 600, 'token', p),
+    maxAgeSeconds: tok.maxAgeSeconds === undefined ? undefined : num(tok, 'maxAgeSeconds', 0, 1, 86_400, 'token', p),
+    maxBytes: num(tok, 'maxBytes', DEFAULTS.token.maxBytes, 1024, 65_536, 'token', p),
+  };
+  const k = object(root.keys ?? {}, 'keys', ['fetchTimeoutMs', 'cooldownMs', 'staleIfErrorMs'], p);
+  const keys = {
+    fetchTimeoutMs: num(k, 'fetchTimeoutMs', DEFAULTS.keys.fetchTimeoutMs, 100, 60_000, 'keys', p),
+    cooldownMs: num(k, 'cooldownMs', DEFAULTS.keys.cooldownMs, 0, 3_600_000, 'keys', p),
+    staleIfErrorMs: num(k, 'staleIfErrorMs', DEFAULTS.keys.staleIfErrorMs, 0, 7 * 86_400_000, 'keys', p),
+  };
+  const t = object(root.timeouts ?? {}, 'timeouts', Object.keys(DEFAULTS.timeouts), p);
+  const d = DEFAULTS.timeouts;
+  const timeouts = {
+    upstreamConnectMs: num(t, 'upstreamConnectMs', d.upstreamConnectMs, 10, 600_000, 'timeouts', p),
+    upstreamHeadMs: num(t, 'upstreamHeadMs', d.upstreamHeadMs, 10, 3_600_000, 'timeouts', p),
+    idleMs: num(t, 'idleMs', d.idleMs, 10, 86_400_000, 'timeouts', p),
+    clientHeadersMs: num(t, 'clientHeadersMs', d.clientHeadersMs, 10, 600_000, 'timeouts', p),
+  };
+
+  const trustedProxies = strings(root.trustedProxies ?? [], 'trustedProxies', p);
+  trustedProxies.forEach((c, i) => cidrProblem(c) && p(`trustedProxies[${i}]`, cidrProblem(c)!));
+
+  const routeList = array(root.routes, 'routes', p);
+  if (root.routes === undefined) p('routes', 'required');
+  const routes = routeList.map((raw, i) => route(raw, `routes[${i}]`, issuers.length > 1, p));
+  const paths = routes.map((r) => r.path);
+  paths.forEach((path, i) => paths.indexOf(path) !== i && p(`routes[${i}].path`, `duplicate of routes[${paths.indexOf(path)}].path`));
+
+  if (problems.length > 0) return { ok: false, problems };
+  return { ok: true, config: { listen, admin, issuers, token, keys, timeouts, trustedProxies, routes } };
+}
+
+function route(raw: unknown, at: string, pinIssuer: boolean, p: (path: string, problem: string) => void): RouteConfig {
+  const o = object(raw, at, ['path', 'upstream', 'allow', 'forwardClaims', 'methods'], p);
+  let path = typeof o.path === 'string' ? o.path : '';
+  if (!path.startsWith('/') || path.includes('//') || path.includes('\\') || path.split('/').some((s) => s === '.' || s === '..' || s.includes('%')) || [...path].some((c) => c < '!' || c > '~')) {
+    p(`${at}.path`, 'expected an absolute path of plain segments, such as "/artifacts/"');
+  }
+  if (path.length > 1 && path.endsWith('/')) path = path.slice(0, -1);
+  let upstream = new URL('http://invalid.invalid/');
+  try {
+    upstream = new URL(String(o.upstream));
+    if (upstream.protocol !== 'http:' && upstream.protocol !== 'https:') p(`${at}.upstream`, 'expected an http or https URL');
+    if (upstream.username || upstream.password || upstream.search || upstream.hash) p(`${at}.upstream`, 'must not carry credentials, a query or a fragment');
+  } catch {
+    p(`${at}.upstream`, 'expected an absolute http or https URL');
+  }
+  const allowList = array(o.allow, `${at}.allow`, p);
+  if (allowList.length === 0) p(`${at}.allow`, 'expected at least one rule: a route with no rule admits no one, so it is refused');
+  const allow = allowList.map((rule, j) => {
+    const ruleAt = `${at}.allow[${j}]`;
+    const problems = checkRule(rule, pinIssuer);
+    for (const [claim, problem] of problems) p(claim ? `${ruleAt}.${claim}` : ruleAt, problem);
+    return rule as Rule;
+  });
+  const forwardClaims = strings(o.forwardClaims ?? [], `${at}.forwardClaims`, p);
+  forwardClaims.forEach((c, j) => /^[A-Za-z0-9_]{1,64}$/.test(c) || p(`${at}.forwardClaims[${j}]`, 'expected a claim name of letters, digits and _'));
+  const methods = o.methods === undefined ? undefined : strings(o.methods, `${at}.methods`, p);
+  methods?.forEach((m, j) => /^[A-Z]{1,16}$/.test(m) || p(`${at}.methods[${j}]`, 'expected an upper-case method name'));
+  return { path, upstream, allow, forwardClaims, methods };
+}
+
+function object(v: unknown, at: string, known: readonly string[], p: (path: string, problem: string) => void): Json {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+    p(at, 'expected an object');
+    return {};
+  }
+  for (const key of Object.keys(v)) if (!known.includes(key)) p(at === '(root)' ? key : `${at}.${key}`, 'unknown key');
+  return v as Json;
+}
+
+function array(v: unknown, at: string, p: (path: string, problem: string) => void): unknown[] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v)) {
+    p(at, 'expected an array');
+    return [];
+  }
+  return v;
+}
+
+function strings(v: unknown, at: string, p: (path: string, problem: string) => void): string[] {
+  if (typeof v === 'string') return [v];
+  if (Array.isArray(v) && v.every((s) => typeof s === 'string')) return v as string[];
+  p(at, 'expected a string or an array of strings');
+  return [];
+}
+
+function num(o: Json, key: string, fallback: number, min: number, max: number, at: string, p: (path: string, problem: string) => void): number {
+  const v = o[key] ?? fallback;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) p(`${at}.${key}`, `expected a number from ${min} to ${max}`);
+  return Number(v);
+}
+
+function isInt(v: unknown, min: number, max: number): boolean {
+  return typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max;
+}
+
+function isToken(s: string): boolean {
+  return /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$/.test(s);
+}
+
+function cidrProblem(cidr: string): string | undefined {
+  const [addr = '', bits, extra] = cidr.split('/');
+  const family = isIP(addr);
+  const max = family === 4 ? 32 : 128;
+  if (family === 0 || extra !== undefined) return 'expected an address or CIDR such as 10.0.0.0/8';
+  if (bits !== undefined && !(/^\d{1,3}$/.test(bits) && Number(bits) <= max)) return `expected a prefix length from 0 to ${max}`;
+  return undefined;
+}

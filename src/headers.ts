@@ -1,0 +1,142 @@
+// Header hygiene: what a request must look like before we work on it, where
+// the token comes from, and the headers we build (never edit) for each hop.
+import type { OutgoingHttpHeaders } from 'node:http';
+import type { Claims } from './jwt.js';
+import { claimText } from './policy.js';
+
+// Hop-by-hop headers (RFC 9110 §7.6.1), plus Proxy-Connection, which old
+// clients still send. Headers named in Connection are hop-by-hop too.
+const HOP_BY_HOP = new Set([
+  'connection', 'proxy-connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization',
+  'te', 'trailer', 'transfer-encoding', 'upgrade',
+]);
+
+export interface InboundHead {
+  /** Why the request cannot be forwarded safely, if it cannot. */
+  readonly framing?: string;
+  /** The token, '' when absent, undefined when the header is repeated. */
+  readonly token: string | undefined;
+  /** Whether a body follows the head. */
+  readonly hasBody: boolean;
+}
+
+/**
+ * Reads the raw head once. Both parsers accept two Host headers, and Bun two
+ * equal Content-Length headers; a proxy in front of us may frame differently,
+ * so anything ambiguous is refused (RFC 9112 §6.3, request smuggling).
+ */
+export function inspectHead(raw: readonly string[], tokenHeader: string): InboundHead {
+  let hosts = 0, lengths = 0, encodings = 0, tokens = 0;
+  let encoding = '', length = '', token = '';
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toLowerCase();
+    const value = raw[i + 1]!;
+    if (name === 'host') hosts++;
+    else if (name === 'content-length') (lengths++, (length = value));
+    else if (name === 'transfer-encoding') (encodings++, (encoding = value));
+    else if (name === tokenHeader) (tokens++, (token = value));
+  }
+  let framing: string | undefined;
+  if (hosts > 1) framing = 'repeated Host';
+  else if (lengths > 1) framing = 'repeated Content-Length';
+  else if (encodings > 1 || (encodings === 1 && encoding.toLowerCase() !== 'chunked')) framing = 'Transfer-Encoding other than chunked';
+  else if (encodings === 1 && lengths === 1) framing = 'both Content-Length and Transfer-Encoding';
+  const hasBody = encodings === 1 || (lengths === 1 && length !== '0');
+  return { framing, token: tokens > 1 ? undefined : bearer(token), hasBody };
+}
+
+function bearer(value: string): string {
+  const v = value.trim();
+  return v.length > 7 && v.slice(0, 7).toLowerCase() === 'bearer ' ? v.slice(7).trim() : v;
+}
+
+/** Names of the headers that must not cross this hop: the fixed list and those named in Connection. */
+function hopByHop(raw: readonly string[]): Set<string> {
+  const names = new Set(HOP_BY_HOP);
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i]!.toLowerCase() !== 'connection') continue;
+    for (const n of raw[i + 1]!.split(',')) names.add(n.trim().toLowerCase());
+  }
+  return names;
+}
+
+/** Adds one header, keeping repeats as an array so none is lost or merged. */
+function append(out: OutgoingHttpHeaders, name: string, value: string): void {
+  const prev = out[name];
+  if (prev === undefined) out[name] = value;
+  else if (Array.isArray(prev)) prev.push(value);
+  else out[name] = [String(prev), value];
+}
+
+export interface UpstreamHeadOptions {
+  readonly tokenHeader: string;
+  readonly upstreamHost: string;
+  readonly claims: Claims;
+  readonly forwardClaims: readonly string[];
+  readonly clientIp: string;
+  /** Whether the peer is a trusted proxy whose X-Forwarded-* we keep. */
+  readonly trustedPeer: boolean;
+  readonly requestId: string;
+}
+
+/** The head sent upstream, built from the client's raw head and our own additions. */
+export function upstreamHeaders(raw: readonly string[], o: UpstreamHeadOptions): OutgoingHttpHeaders {
+  const drop = hopByHop(raw);
+  const out: OutgoingHttpHeaders = {};
+  let forwardedFor = '', forwardedProto = '', forwardedHost = '', host = '';
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toLowerCase();
+    const value = raw[i + 1]!;
+    if (name === 'host') host = value;
+    if (o.trustedPeer && name === 'x-forwarded-for') forwardedFor = forwardedFor ? `${forwardedFor}, ${value}` : value;
+    if (o.trustedPeer && name === 'x-forwarded-proto') forwardedProto ||= value;
+    if (o.trustedPeer && name === 'x-forwarded-host') forwardedHost ||= value;
+    if (drop.has(name) || name === o.tokenHeader || name === 'host' || name === 'expect' || name === 'x-request-id') continue;
+    // Identity and forwarding headers are ours alone: a client cannot pre-set them.
+    if (name.startsWith('x-oidc-') || name.startsWith('x-forwarded-') || name === 'forwarded') continue;
+    append(out, name, value);
+  }
+  out.host = o.upstreamHost;
+  out['x-forwarded-for'] = forwardedFor ? `${forwardedFor}, ${o.clientIp}` : o.clientIp;
+  out['x-forwarded-proto'] = forwardedProto || 'http';
+  out['x-forwarded-host'] = forwardedHost || host;
+  out['x-request-id'] = o.requestId;
+  for (const claim of o.forwardClaims) {
+    const value = claimText(o.claims, claim);
+    if (value !== undefined) out[`x-oidc-${claim.replaceAll('_', '-').toLowerCase()}`] = headerSafe(value);
+  }
+  return out;
+}
+
+/** The head sent back to the client: the upstream's, less its hop-by-hop headers. */
+export function downstreamHeaders(raw: readonly string[]): OutgoingHttpHeaders {
+  const drop = hopByHop(raw);
+  const out: OutgoingHttpHeaders = {};
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toLowerCase();
+    if (!drop.has(name)) append(out, name, raw[i + 1]!);
+  }
+  return out;
+}
+
+/**
+ * Printable ASCII passes; everything else, and "%" itself, is percent-encoded
+ * as UTF-8. Real claims hold emoji and branch names may hold CR/LF: neither
+ * may break a header or inject one.
+ */
+export function headerSafe(value: string): string {
+  let plain = true;
+  for (let i = 0; i < value.length; i++) {
+    const c = value.charCodeAt(i);
+    if (c < 0x20 || c > 0x7e || c === 0x25) {
+      plain = false;
+      break;
+    }
+  }
+  if (plain) return value;
+  let out = '';
+  for (const byte of Buffer.from(value, 'utf8')) {
+    out += byte >= 0x20 && byte <= 0x7e && byte !== 0x25 ? String.fromCharCode(byte) : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return out;
+}

@@ -1,0 +1,115 @@
+// Streams one admitted request to its upstream and the answer back, with
+// backpressure both ways and nothing buffered whole. The caller builds the
+// outgoing head; this module owns sockets, timeouts and the failure reasons.
+import http, { type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
+import https from 'node:https';
+import { pipeline } from 'node:stream';
+import type { Reason } from './errors.js';
+import { downstreamHeaders } from './headers.js';
+
+export interface ProxyTimeouts {
+  /** TCP connect to the upstream. */
+  readonly connectMs: number;
+  /** From the request fully sent to the response head (Go's ResponseHeaderTimeout). */
+  readonly headMs: number;
+  /** Silence on the upstream socket at any point. */
+  readonly idleMs: number;
+}
+
+export interface ForwardOptions {
+  readonly upstream: URL;
+  readonly agent: http.Agent;
+  readonly path: string;
+  readonly headers: OutgoingHttpHeaders;
+  readonly timeouts: ProxyTimeouts;
+}
+
+export interface ForwardOutcome {
+  /** Set when the exchange failed; if `headSent` is false the caller still owes the client an answer. */
+  readonly reason?: Reason;
+  readonly headSent: boolean;
+  readonly upstreamStatus?: number;
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+}
+
+export function createAgent(upstream: URL): http.Agent {
+  const options = { keepAlive: true, maxFreeSockets: 64, scheduling: 'lifo' as const };
+  return upstream.protocol === 'https:' ? new https.Agent(options) : new http.Agent(options);
+}
+
+/** Forwards `req` and streams the answer into `res`. Resolves once both sides are done; never rejects. */
+export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOptions): Promise<ForwardOutcome> {
+  return new Promise((resolve) => {
+    let bytesIn = 0;
+    let bytesOut = 0;
+    let upstreamStatus: number | undefined;
+    let headSent = false;
+    let settled = false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+
+    const settle = (reason?: Reason) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      resolve({ reason, headSent, upstreamStatus, bytesIn, bytesOut });
+    };
+    // Our own timeouts destroy the request with a reason, so the error path knows 504 from 502.
+    const giveUp = (reason: Reason) => () => {
+      out.destroy();
+      settle(reason);
+    };
+
+    const out = (o.upstream.protocol === 'https:' ? https : http).request({
+      protocol: o.upstream.protocol,
+      hostname: o.upstream.hostname.startsWith('[') ? o.upstream.hostname.slice(1, -1) : o.upstream.hostname,
+      port: o.upstream.port || (o.upstream.protocol === 'https:' ? 443 : 80),
+      method: req.method,
+      path: o.path,
+      headers: o.headers,
+      agent: o.agent,
+    });
+    out.on('socket', (socket) => {
+      if (!socket.connecting) return;
+      timer = setTimeout(giveUp('upstream_timeout'), o.timeouts.connectMs);
+      socket.once('connect', () => clearTimeout(timer));
+    });
+    out.setTimeout(o.timeouts.idleMs, giveUp('upstream_timeout'));
+    out.on('finish', () => {
+      if (upstreamStatus === undefined) timer = setTimeout(giveUp('upstream_timeout'), o.timeouts.headMs);
+    });
+    out.on('error', () => settle(headSent ? 'upstream_reset' : 'upstream_unreachable'));
+
+    // The client going away cancels the upstream exchange, whatever stage it is at.
+    res.on('close', () => {
+      if (!res.writableFinished) {
+        out.destroy();
+        settle('client_aborted');
+      }
+    });
+    req.on('data', (chunk: Buffer) => (bytesIn += chunk.length));
+    req.on('error', () => out.destroy());
+    req.pipe(out);
+
+    out.on('response', (upstreamRes) => {
+      clearTimeout(timer);
+      upstreamStatus = upstreamRes.statusCode ?? 502;
+      try {
+        res.writeHead(upstreamStatus, downstreamHeaders(upstreamRes.rawHeaders));
+        headSent = true;
+      } catch {
+        upstreamRes.destroy();
+        settle('upstream_unreachable');
+        return;
+      }
+      upstreamRes.on('data', (chunk: Buffer) => (bytesOut += chunk.length));
+      pipeline(upstreamRes, res, (err) => {
+        if (!err) return settle();
+        // Mid-body failure: the head is out, so end the client's response abruptly rather than pretend.
+        // (A client that left first was already settled as client_aborted.)
+        res.destroy();
+        settle('upstream_reset');
+      });
+    });
+  });
+}

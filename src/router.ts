@@ -1,0 +1,61 @@
+// Which route a request target belongs to, and the path it gets upstream.
+// The request line is only ever read as text here: never handed to new URL,
+// which lets `http://host/x` or `//host/x` replace the upstream's host and
+// turns `%2e%2e` and backslashes into `..` and `/`.
+
+export interface Target {
+  readonly path: string;
+  /** Everything after the first "?", including the "?"; '' when absent. */
+  readonly query: string;
+}
+
+/** Splits an origin-form target (RFC 9112 §3.2.1) and refuses anything that could climb or confuse. */
+export function parseTarget(url: string): Target | undefined {
+  if (url.length === 0 || url[0] !== '/' || url.startsWith('//')) return undefined;
+  const q = url.indexOf('?');
+  const path = q < 0 ? url : url.slice(0, q);
+  for (let i = 0; i < url.length; i++) {
+    const c = url.charCodeAt(i);
+    // Controls, space, DEL and anything outside ASCII must be percent-encoded.
+    if (c <= 0x20 || c >= 0x7f || (i < path.length && c === 0x5c)) return undefined;
+  }
+  for (let i = path.indexOf('%'); i >= 0; i = path.indexOf('%', i + 1)) {
+    const hex = path.slice(i + 1, i + 3).toLowerCase();
+    if (!/^[0-9a-f]{2}$/.test(hex)) return undefined;
+    // Encoded dot, slash, backslash or control byte: an upstream may decode it into a traversal.
+    if (hex === '2e' || hex === '2f' || hex === '5c' || hex === '7f' || hex < '20') return undefined;
+  }
+  const segments = path.split('/');
+  for (let i = 1; i < segments.length; i++) {
+    const s = segments[i];
+    if (s === '.' || s === '..' || (s === '' && i < segments.length - 1)) return undefined;
+  }
+  return { path, query: q < 0 ? '' : url.slice(q) };
+}
+
+export interface Routed<R> {
+  readonly route: R;
+  /** The request path with the route's prefix replaced by the upstream's path. */
+  readonly upstreamPath: string;
+}
+
+/** Longest-prefix routing at segment boundaries, in one map look-up per path segment. */
+export function createRouter<R extends { readonly path: string; readonly upstreamPath: string }>(routes: readonly R[]): (path: string) => Routed<R> | undefined {
+  const byPrefix = new Map(routes.map((r) => [r.path, r]));
+  return (path) => {
+    let prefix = path.length > 1 && path.endsWith('/') ? path.slice(0, -1) : path;
+    for (;;) {
+      const route = byPrefix.get(prefix);
+      if (route) return { route, upstreamPath: rewrite(route, path.slice(prefix === '/' ? 0 : prefix.length)) };
+      if (prefix === '/') return undefined;
+      const cut = prefix.lastIndexOf('/');
+      prefix = cut === 0 ? '/' : prefix.slice(0, cut);
+    }
+  };
+}
+
+function rewrite(route: { readonly upstreamPath: string }, rest: string): string {
+  if (rest === '' || rest === '/') return rest === '/' && !route.upstreamPath.endsWith('/') ? `${route.upstreamPath}/` : route.upstreamPath;
+  const base = route.upstreamPath.endsWith('/') ? route.upstreamPath.slice(0, -1) : route.upstreamPath;
+  return base + rest;
+}
