@@ -4,6 +4,7 @@
 // for a bounded time when the issuer is down.
 import { readFile, stat } from 'node:fs/promises';
 import type { KeyObject } from 'node:crypto';
+import { isIPv4 } from 'node:net';
 import { importRsaJwk } from './jwk.js';
 import type { KeyResolver } from './jwt.js';
 
@@ -56,7 +57,8 @@ export function checkKeyUrl(text: string): string | undefined {
   }
   if (url.username || url.password) return 'must not carry credentials';
   if (url.protocol === 'https:') return undefined;
-  const loopback = url.hostname === 'localhost' || url.hostname === '[::1]' || url.hostname.startsWith('127.');
+  // Loopback by address, not by name: "127.attacker.example" is anyone's.
+  const loopback = url.hostname === 'localhost' || url.hostname === '[::1]' || (isIPv4(url.hostname) && url.hostname.startsWith('127.'));
   if (url.protocol === 'http:' && loopback) return undefined;
   return 'expected https (plain http only to a loopback host)';
 }
@@ -70,6 +72,9 @@ export function createKeySet(opts: KeySetOptions): KeySet {
   const log = opts.log ?? (() => {});
   const issuer = opts.issuer;
   if (opts.jwksUri !== undefined && opts.jwksFile !== undefined) throw new TypeError('jwksUri and jwksFile: give at most one');
+  for (const [name, v] of [['fetchTimeoutMs', fetchTimeoutMs], ['cooldownMs', cooldownMs], ['staleIfErrorMs', staleIfErrorMs]] as const) {
+    if (!(Number.isFinite(v) && v >= 0)) throw new TypeError(`${name}: expected a number >= 0`);
+  }
   for (const [name, url] of [['issuer', issuer], ['jwksUri', opts.jwksUri]] as const) {
     const problem = url === undefined ? undefined : checkKeyUrl(url);
     if (problem) throw new TypeError(`${name}: ${problem}`);

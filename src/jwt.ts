@@ -59,6 +59,7 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
 
   return async function verifyToken(token: string): Promise<Verification> {
     // 1. parse
+    if (typeof token !== 'string') return fail('token_malformed');
     if (token.length === 0) return fail('token_missing');
     if (token.length > maxBytes) return fail('token_malformed');
     const dot1 = token.indexOf('.');
@@ -67,7 +68,8 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
     const header = parseObject(token.slice(0, dot1));
     const payload = parseObject(token.slice(dot1 + 1, dot2));
     const signature = decodeBase64url(token.slice(dot2 + 1));
-    if (!header || !payload || !signature || signature.length === 0) return fail('token_malformed');
+    // An empty signature (an unsecured JWS) gets past parsing so it is refused as alg_not_allowed.
+    if (!header || !payload || !signature) return fail('token_malformed');
 
     // 2. alg and the other header members that change how to verify
     if (own(header, 'alg') !== 'RS256') return fail('alg_not_allowed');

@@ -1,0 +1,584 @@
+// Shared test helpers: RSA keys and their JWKs, test tokens signed every way an
+// attacker might try, and real HTTP servers on 127.0.0.1 port 0 (an OpenID
+// issuer whose behaviour each test switches, and a recorder that counts and
+// keeps whatever it receives). Every server has close(). Nothing here mocks
+// node:http or node:crypto: the code under test talks to real sockets.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { constants, createHash, createHmac, generateKeyPair, sign, type KeyObject } from 'node:crypto';
+import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { promisify } from 'node:util';
+
+// ---------------------------------------------------------------- keys
+
+export interface RsaJwk {
+  readonly kty: string;
+  readonly n: string;
+  readonly e: string;
+  readonly kid?: string;
+  readonly [member: string]: unknown;
+}
+
+export interface TestKey {
+  readonly kid: string;
+  readonly bits: number;
+  readonly privateKey: KeyObject;
+  readonly publicKey: KeyObject;
+  /** The public key as an issuer publishes it: kty, n, e, kid, use "sig", alg "RS256". */
+  readonly jwk: RsaJwk;
+  /** SPKI PEM of the public key, e.g. to key an HS256 algorithm-confusion token. */
+  readonly publicPem: string;
+}
+
+const generateKeyPairAsync = promisify(generateKeyPair);
+
+/** Generates an RSA key pair (slow: call once per test file, in parallel with Promise.all). */
+export async function generateRsaKey(kid: string, bits = 2048): Promise<TestKey> {
+  const { publicKey, privateKey } = await generateKeyPairAsync('rsa', { modulusLength: bits });
+  return {
+    kid,
+    bits,
+    privateKey,
+    publicKey,
+    jwk: rsaJwk(publicKey, kid),
+    publicPem: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+  };
+}
+
+/**
+ * The public JWK of an RSA key with a kid. `extra` is merged last: a member set
+ * to undefined disappears once the JWK is served as JSON.
+ */
+export function rsaJwk(publicKey: KeyObject, kid: string, extra: Record<string, unknown> = {}): RsaJwk {
+  const { n, e } = publicKey.export({ format: 'jwk' });
+  if (typeof n !== 'string' || typeof e !== 'string') throw new TypeError('rsaJwk: not an RSA public key');
+  return { kty: 'RSA', n, e, kid, use: 'sig', alg: 'RS256', ...extra };
+}
+
+// ---------------------------------------------------------------- tokens
+
+/** What signToken computes the third segment with; the header says whatever the test wrote. */
+export type SigningAlg = 'RS256' | 'RS384' | 'RS512' | 'PS256' | 'HS256' | 'none';
+
+/** Any key signToken can sign with: an RSA private KeyObject, or an HMAC secret. */
+export type SigningKey = KeyObject | string | Buffer;
+
+/** base64url of the JSON text of a value. */
+export function encodeSegment(value: unknown): string {
+  return encodeText(JSON.stringify(value));
+}
+
+/** base64url of raw text, for segments that are not (or not quite) JSON. */
+export function encodeText(text: string): string {
+  return Buffer.from(text, 'utf8').toString('base64url');
+}
+
+/** Decodes a segment leniently (test side only), for building tampered tokens. */
+export function decodeSegment(segment: string): unknown {
+  return JSON.parse(Buffer.from(segment, 'base64url').toString('utf8'));
+}
+
+/**
+ * A compact JWS. header and payload are objects (serialised with
+ * JSON.stringify) or strings taken as raw JSON text, so a test can send arrays,
+ * numbers, duplicate names or 100,000-deep nesting. The header is used exactly
+ * as given, so it may lie about alg. opts.alg (default RS256) picks how the
+ * signature is computed: 'none' gives an empty third segment; HS256 takes any
+ * secret (such as the issuer's public key PEM or JWK JSON).
+ */
+export function signToken(
+  header: object | string,
+  payload: object | string,
+  key: SigningKey | null,
+  opts: { readonly alg?: SigningAlg } = {},
+): string {
+  const input = `${segmentOf(header)}.${segmentOf(payload)}`;
+  return `${input}.${signatureFor(opts.alg ?? 'RS256', input, key).toString('base64url')}`;
+}
+
+/** The raw signature bytes of a signing input under one algorithm. */
+export function signatureFor(alg: SigningAlg, signingInput: string, key: SigningKey | null): Buffer {
+  const data = Buffer.from(signingInput, 'latin1');
+  if (alg === 'none') return Buffer.alloc(0);
+  if (key === null) throw new TypeError(`signatureFor: ${alg} needs a key`);
+  if (alg === 'HS256') return createHmac('sha256', key).update(data).digest();
+  if (typeof key === 'string' || Buffer.isBuffer(key)) throw new TypeError(`signatureFor: ${alg} needs a KeyObject`);
+  switch (alg) {
+    case 'RS256':
+      return sign('sha256', data, key);
+    case 'RS384':
+      return sign('sha384', data, key);
+    case 'RS512':
+      return sign('sha512', data, key);
+    case 'PS256':
+      return sign('sha256', data, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 });
+  }
+}
+
+// DER of the SHA-256 AlgorithmIdentifier in a PKCS#1 v1.5 DigestInfo (RFC 8017 §9.2, note 1).
+const SHA256_DIGEST_INFO = Buffer.from('3031300d060960864801650304020105000420', 'hex');
+
+/**
+ * A "signature" that verifies under the public exponent 1 for any modulus of
+ * `modulusBytes` octets: with e = 1, s^e mod n = s, so the signature is simply
+ * the PKCS#1 v1.5 encoded digest. Anyone can compute it; no private key needed.
+ */
+export function forgeForExponentOne(signingInput: string, modulusBytes = 256): Buffer {
+  const digest = createHash('sha256').update(Buffer.from(signingInput, 'latin1')).digest();
+  const t = Buffer.concat([SHA256_DIGEST_INFO, digest]);
+  return Buffer.concat([Buffer.from([0, 1]), Buffer.alloc(modulusBytes - 3 - t.length, 0xff), Buffer.from([0]), t]);
+}
+
+function segmentOf(part: object | string): string {
+  return typeof part === 'string' ? encodeText(part) : encodeSegment(part);
+}
+
+// ---------------------------------------------------------------- time, fetch, logs
+
+export interface TestClock {
+  /** Milliseconds since the epoch, as Date.now. Pass as the `now` option. */
+  readonly now: () => number;
+  /** The current time in whole seconds, for JWT time claims. */
+  seconds(): number;
+  set(ms: number): void;
+  advance(ms: number): void;
+}
+
+/** A clock that only moves when told to, so no test sleeps for a cooldown. */
+export function testClock(start = Date.UTC(2025, 0, 1)): TestClock {
+  let t = start;
+  return {
+    now: () => t,
+    seconds: () => Math.floor(t / 1000),
+    set: (ms) => {
+      t = ms;
+    },
+    advance: (ms) => {
+      t += ms;
+    },
+  };
+}
+
+export interface FetchCounter {
+  /** Pass as the `fetch` option: the real fetch, counted. */
+  readonly fetch: typeof globalThis.fetch;
+  /** Every URL asked for, in order. */
+  readonly calls: string[];
+  /** Calls whose response head has not arrived (or failed) yet. */
+  pending(): number;
+}
+
+/** Wraps the real fetch (not a fake) to count calls and see which are still in flight. */
+export function countingFetch(inner: typeof globalThis.fetch = globalThis.fetch): FetchCounter {
+  const calls: string[] = [];
+  let pending = 0;
+  const counted = async (input: Parameters<typeof fetch>[0], init?: Parameters<typeof fetch>[1]): Promise<Response> => {
+    calls.push(input instanceof Request ? input.url : String(input));
+    pending++;
+    try {
+      return await inner(input, init);
+    } finally {
+      pending--;
+    }
+  };
+  return { fetch: counted as typeof globalThis.fetch, calls, pending: () => pending };
+}
+
+export interface LogCollector {
+  readonly log: (line: Record<string, unknown>) => void;
+  readonly lines: Record<string, unknown>[];
+}
+
+/** Collects structured log lines, for the `log` option. */
+export function logCollector(): LogCollector {
+  const lines: Record<string, unknown>[] = [];
+  return { lines, log: (line) => void lines.push(line) };
+}
+
+/** A small seeded PRNG (mulberry32): the same junk on every run. */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+// ---------------------------------------------------------------- servers
+
+export interface TestServer {
+  readonly server: Server;
+  readonly port: number;
+  /** http://127.0.0.1:<port>, no trailing slash. */
+  readonly url: string;
+  /** TCP connections accepted so far (a request that never arrives still shows here). */
+  connections(): number;
+  /** Stops listening and drops every connection, idle or not. Safe to call twice. */
+  close(): Promise<void>;
+}
+
+export type Handler = (req: IncomingMessage, res: ServerResponse) => void;
+
+/** A plain node:http server on 127.0.0.1, port 0. */
+export async function startServer(handler: Handler): Promise<TestServer> {
+  const server = createServer(handler);
+  let connections = 0;
+  server.on('connection', () => {
+    connections++;
+  });
+  await listen(server, 0);
+  const port = (server.address() as AddressInfo).port;
+  return {
+    server,
+    port,
+    url: `http://127.0.0.1:${port}`,
+    connections: () => connections,
+    close: () => closeServer(server),
+  };
+}
+
+/** Closes a server without waiting for keep-alive sockets to time out. */
+export function closeServer(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    if (!server.listening) {
+      server.closeAllConnections();
+      resolve();
+      return;
+    }
+    server.close(() => resolve());
+    server.closeAllConnections();
+  });
+}
+
+function listen(server: Server, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+export interface RecordedRequest {
+  readonly method: string;
+  readonly url: string;
+  readonly headers: IncomingHttpHeaders;
+  readonly rawHeaders: readonly string[];
+  readonly body: Buffer;
+  readonly remoteAddress: string | undefined;
+}
+
+/** How a recorder answers; it gets the request with its whole body. */
+export type RecorderReply = (req: RecordedRequest, res: ServerResponse) => void;
+
+export interface Recorder extends TestServer {
+  /** Every complete request received, in order. */
+  readonly requests: readonly RecordedRequest[];
+  /** Requests whose head arrived, counted before their body is read. */
+  hits(): number;
+  reset(): void;
+  /** Replaceable at any time. */
+  reply: RecorderReply;
+}
+
+const defaultReply: RecorderReply = (_req, res) => {
+  res.writeHead(200, { 'content-type': 'application/json' }).end('{"recorded":true}');
+};
+
+/**
+ * A server that counts and keeps whatever it receives: a trap that must never
+ * be contacted (jku, x5u, redirect targets), or a real upstream that asserts
+ * what a proxy sent it.
+ */
+export async function startRecorder(reply: RecorderReply = defaultReply): Promise<Recorder> {
+  const requests: RecordedRequest[] = [];
+  let hits = 0;
+  const base = await startServer((req, res) => {
+    hits++;
+    const chunks: Buffer[] = [];
+    req.on('data', (chunk: Buffer) => chunks.push(chunk));
+    req.on('end', () => {
+      const recorded: RecordedRequest = {
+        method: req.method ?? '',
+        url: req.url ?? '',
+        headers: req.headers,
+        rawHeaders: req.rawHeaders,
+        body: Buffer.concat(chunks),
+        remoteAddress: req.socket.remoteAddress,
+      };
+      requests.push(recorded);
+      recorder.reply(recorded, res);
+    });
+  });
+  const recorder: Recorder = {
+    ...base,
+    requests,
+    hits: () => hits,
+    reset: () => {
+      hits = 0;
+      requests.length = 0;
+    },
+    reply,
+  };
+  return recorder;
+}
+
+export const DISCOVERY_PATH = '/.well-known/openid-configuration';
+export const JWKS_PATH = '/jwks';
+export const FIVE_MIB = 5 * 1024 * 1024;
+
+/** How the issuer answers one path. Every field is optional; {} is a normal 200 JSON answer. */
+export interface ResponsePlan {
+  /** Default 200. */
+  readonly status?: number;
+  /** Wait this long before sending the response head. */
+  readonly delayMs?: number;
+  /**
+   * json: the discovery document or the key set (default); html: a login page;
+   * truncated: the first half of the JSON, complete at the HTTP level;
+   * cut: the head promises the whole JSON, half is sent, then the socket is destroyed;
+   * huge: valid JSON padded to hugeBytes (default 5 MiB); empty: no body;
+   * raw: exactly `raw`.
+   */
+  readonly body?: 'json' | 'html' | 'truncated' | 'cut' | 'huge' | 'empty' | 'raw';
+  readonly raw?: string;
+  readonly hugeBytes?: number;
+  /** Send without Content-Length (chunked), so only a streaming cap can stop it. */
+  readonly chunked?: boolean;
+  /** A Location header, for 3xx plans. */
+  readonly location?: string;
+  readonly cacheControl?: string;
+  readonly contentType?: string;
+}
+
+export interface IssuerRequest {
+  readonly method: string;
+  readonly path: string;
+  readonly headers: IncomingHttpHeaders;
+}
+
+export interface Issuer extends TestServer {
+  /** The issuer identifier: the server's URL, no trailing slash. */
+  readonly issuer: string;
+  readonly discoveryUri: string;
+  readonly jwksUri: string;
+  /** The JWKs served at /jwks as {"keys": [...]}. Replace at will (key rotation). */
+  keys: unknown[];
+  /** The discovery document; undefined serves {issuer, jwks_uri} for this server. */
+  document: unknown;
+  /** Sets how one path answers from now on (replacing its previous plan). */
+  setPlan(path: string, plan: ResponsePlan): void;
+  /** Requests received for one path, or for all paths. */
+  hits(path?: string): number;
+  readonly requests: readonly IssuerRequest[];
+  /** Forgets the requests counted so far. */
+  resetHits(): void;
+  /** Closes the listening socket and every connection: fetches now fail with ECONNREFUSED. */
+  down(): Promise<void>;
+  /** Listens again on the same port. */
+  up(): Promise<void>;
+}
+
+let hugePadding = '';
+
+/** A real OpenID issuer on 127.0.0.1 port 0 serving discovery and a JWK Set. */
+export async function startIssuer(opts: { readonly keys?: unknown[] } = {}): Promise<Issuer> {
+  const plans = new Map<string, ResponsePlan>();
+  const requests: IssuerRequest[] = [];
+  const timers = new Set<ReturnType<typeof setTimeout>>();
+
+  const base = await startServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0]!;
+    requests.push({ method: req.method ?? '', path, headers: req.headers });
+    req.resume();
+    const plan = plans.get(path) ?? {};
+    if (!plan.delayMs) {
+      answer(path, plan, res);
+      return;
+    }
+    const timer = setTimeout(() => {
+      timers.delete(timer);
+      if (!res.destroyed) answer(path, plan, res);
+    }, plan.delayMs);
+    timers.add(timer);
+    res.on('close', () => {
+      clearTimeout(timer);
+      timers.delete(timer);
+    });
+  });
+
+  function json(path: string): string | undefined {
+    if (path === DISCOVERY_PATH) return JSON.stringify(issuer.document ?? { issuer: base.url, jwks_uri: base.url + JWKS_PATH });
+    if (path === JWKS_PATH) return JSON.stringify({ keys: issuer.keys });
+    return undefined;
+  }
+
+  function answer(path: string, plan: ResponsePlan, res: ServerResponse): void {
+    const text = json(path);
+    if (text === undefined) {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
+      return;
+    }
+    let body: Buffer;
+    let type = 'application/json';
+    switch (plan.body ?? 'json') {
+      case 'json':
+      case 'cut':
+        body = Buffer.from(text);
+        break;
+      case 'html':
+        type = 'text/html; charset=utf-8';
+        body = Buffer.from('<!doctype html>\n<html><head><title>Sign in</title></head><body><h1>Sign in</h1></body></html>\n');
+        break;
+      case 'truncated':
+        body = Buffer.from(text.slice(0, Math.floor(text.length / 2)));
+        break;
+      case 'huge': {
+        const size = plan.hugeBytes ?? FIVE_MIB;
+        if (hugePadding.length < size) hugePadding = ' '.repeat(size);
+        // Still valid JSON with the real keys in it: only a size cap can refuse it.
+        // text without its closing brace, `,"padding":"` (12), the padding, `"}` (2).
+        const pad = Math.max(0, size - (text.length - 1) - 14);
+        body = Buffer.from(`${text.slice(0, -1)},"padding":"${hugePadding.slice(0, pad)}"}`);
+        break;
+      }
+      case 'empty':
+        body = Buffer.alloc(0);
+        break;
+      case 'raw':
+        body = Buffer.from(plan.raw ?? '');
+        break;
+    }
+    const headers: Record<string, string> = { 'content-type': plan.contentType ?? type };
+    if (plan.location !== undefined) headers.location = plan.location;
+    if (plan.cacheControl !== undefined) headers['cache-control'] = plan.cacheControl;
+    if (!plan.chunked) headers['content-length'] = String(body.length);
+    res.writeHead(plan.status ?? 200, headers);
+    if (plan.body === 'cut') {
+      res.write(body.subarray(0, Math.floor(body.length / 2)), () => res.socket?.destroy());
+      return;
+    }
+    res.end(body);
+  }
+
+  const issuer: Issuer = {
+    ...base,
+    issuer: base.url,
+    discoveryUri: base.url + DISCOVERY_PATH,
+    jwksUri: base.url + JWKS_PATH,
+    keys: opts.keys ?? [],
+    document: undefined,
+    setPlan: (path, plan) => void plans.set(path, plan),
+    hits: (path) => (path === undefined ? requests.length : requests.filter((r) => r.path === path).length),
+    requests,
+    resetHits: () => {
+      requests.length = 0;
+    },
+    down: () => closeServer(base.server),
+    up: () => listen(base.server, base.port),
+    close: () => {
+      for (const timer of timers) clearTimeout(timer);
+      timers.clear();
+      return closeServer(base.server);
+    },
+  };
+  return issuer;
+}
+
+// ---------------------------------------------------------------- processes
+
+export interface ProcessExit {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+}
+
+export interface TestProcess {
+  readonly child: ChildProcess;
+  /** Everything the process wrote so far. */
+  stdout(): string;
+  stderr(): string;
+  /**
+   * The first match of `pattern` in stdout or stderr, whether it was already
+   * written or comes later; rejects if the process exits first or on timeout.
+   */
+  waitFor(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
+  readonly exited: Promise<ProcessExit>;
+  /** SIGTERM, then SIGKILL after graceMs; resolves once it has exited. Safe to call twice. */
+  close(graceMs?: number): Promise<ProcessExit>;
+}
+
+/**
+ * Spawns a process (such as the gateway: `startProcess(process.execPath,
+ * ['--import', 'tsx', 'src/main.ts', ...])`) and collects its output.
+ */
+export function startProcess(
+  command: string,
+  args: readonly string[],
+  opts: { readonly env?: NodeJS.ProcessEnv; readonly cwd?: string } = {},
+): TestProcess {
+  const child = spawn(command, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  const listeners = new Set<() => void>();
+  const changed = () => {
+    for (const listener of listeners) listener();
+  };
+  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+    out += chunk;
+    changed();
+  });
+  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
+    err += chunk;
+    changed();
+  });
+  let done: ProcessExit | undefined;
+  const exited = new Promise<ProcessExit>((resolve) => {
+    child.once('close', (code, signal) => {
+      done = { code, signal };
+      changed();
+      resolve(done);
+    });
+    child.once('error', (error) => {
+      err += String(error);
+      done = { code: null, signal: null };
+      changed();
+      resolve(done);
+    });
+  });
+
+  return {
+    child,
+    stdout: () => out,
+    stderr: () => err,
+    exited,
+    waitFor(pattern, timeoutMs = 5_000) {
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          const match = out.match(pattern) ?? err.match(pattern);
+          if (match) finish(() => resolve(match));
+          else if (done) finish(() => reject(new Error(`exited (${done!.code ?? done!.signal}) before ${pattern}; stderr: ${err.slice(-2000)}`)));
+        };
+        const timer = setTimeout(() => finish(() => reject(new Error(`no ${pattern} within ${timeoutMs} ms; stderr: ${err.slice(-2000)}`))), timeoutMs);
+        const finish = (settle: () => void) => {
+          clearTimeout(timer);
+          listeners.delete(check);
+          settle();
+        };
+        listeners.add(check);
+        check();
+      });
+    },
+    async close(graceMs = 2_000) {
+      if (done) return done;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+      const exit = await exited;
+      clearTimeout(timer);
+      return exit;
+    },
+  };
+}
