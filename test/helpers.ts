@@ -6,7 +6,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants, createHash, createHmac, generateKeyPair, sign, type KeyObject } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { connect, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
 // ---------------------------------------------------------------- keys
@@ -581,4 +585,81 @@ export function startProcess(
       return exit;
     },
   };
+}
+
+// ---------------------------------------------------------------- the gateway as its own process
+
+/**
+ * The runtime that runs dist/main.js in end-to-end tests: node by default, or
+ * the executable named by GATEWAY_RUNTIME (test/bun.ts sets it to Bun).
+ */
+export const GATEWAY_RUNTIME = process.env.GATEWAY_RUNTIME || process.execPath;
+export const MAIN_JS = fileURLToPath(new URL('../dist/main.js', import.meta.url));
+
+export interface RunningGateway {
+  readonly process: TestProcess;
+  readonly url: string;
+  readonly port: number;
+  readonly adminUrl: string;
+  readonly configFile: string;
+  /** The JSON lines the gateway logged so far. */
+  logs(): Record<string, unknown>[];
+  close(): Promise<ProcessExit>;
+}
+
+/** Writes `config` to a temporary file and runs `dist/main.js --config` on it, on ports picked by the OS. */
+export async function startGateway(config: Record<string, unknown>, opts: { readonly waitReady?: boolean } = {}): Promise<RunningGateway> {
+  const dir = mkdtempSync(join(tmpdir(), 'oidc-gateway-'));
+  const configFile = join(dir, 'gateway.config.json');
+  writeFileSync(configFile, JSON.stringify({ listen: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 }, ...config }));
+  const proc = startProcess(GATEWAY_RUNTIME, [MAIN_JS, '--config', configFile]);
+  const started = await proc.waitFor(/"kind":"start".*"port":(\d+),"adminPort":(\d+)/, 15_000);
+  const port = Number(started[1]);
+  const gateway: RunningGateway = {
+    process: proc,
+    url: `http://127.0.0.1:${port}`,
+    port,
+    adminUrl: `http://127.0.0.1:${started[2]}`,
+    configFile,
+    logs: () => proc.stdout().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>),
+    close: () => proc.close(),
+  };
+  if (opts.waitReady !== false) await waitUntil(async () => (await fetch(`${gateway.adminUrl}/readyz`)).status === 200, 10_000);
+  return gateway;
+}
+
+/** Polls `check` every 25 ms until it is true; rejects after `timeoutMs`. */
+export async function waitUntil(check: () => boolean | Promise<boolean>, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check().catch(() => false)) return;
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** Sends raw bytes on a fresh socket and collects everything until the peer closes or `idleMs` passes in silence. */
+export function rawExchange(port: number, bytes: string | Buffer, idleMs = 1_000): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1');
+    let text = '';
+    socket.setEncoding('latin1');
+    socket.setTimeout(idleMs, () => socket.destroy());
+    socket.on('data', (chunk: string) => (text += chunk));
+    socket.on('error', () => socket.destroy());
+    socket.on('close', () => resolve(text));
+    socket.write(bytes);
+  });
+}
+
+/** The status code of the first response in a raw HTTP/1.1 exchange, or 0 if there was none. */
+export function statusOf(raw: string): number {
+  const m = raw.match(/^HTTP\/1\.1 (\d{3})/);
+  return m ? Number(m[1]) : 0;
+}
+
+/** Peak resident memory of a process in MiB, from /proc (Linux). */
+export function peakRssMiB(pid: number): number {
+  const m = readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmHWM:\s+(\d+) kB/);
+  return m ? Number(m[1]) / 1024 : NaN;
 }
