@@ -16,6 +16,8 @@ export interface InboundHead {
   readonly framing?: string;
   /** The token, '' when absent, undefined when the header is repeated. */
   readonly token: string | undefined;
+  /** The token in Proxy-Authorization (Bearer, or Basic with the token as password), alike. */
+  readonly proxyToken: string | undefined;
   /** Whether a body follows the head. */
   readonly hasBody: boolean;
 }
@@ -26,8 +28,8 @@ export interface InboundHead {
  * so anything ambiguous is refused (RFC 9112 §6.3, request smuggling).
  */
 export function inspectHead(raw: readonly string[], tokenHeader: string): InboundHead {
-  let hosts = 0, lengths = 0, encodings = 0, tokens = 0;
-  let encoding = '', length = '', token = '';
+  let hosts = 0, lengths = 0, encodings = 0, tokens = 0, proxyAuths = 0;
+  let encoding = '', length = '', token = '', proxyAuth = '';
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toLowerCase();
     const value = raw[i + 1]!;
@@ -35,6 +37,7 @@ export function inspectHead(raw: readonly string[], tokenHeader: string): Inboun
     else if (name === 'content-length') (lengths++, (length = value));
     else if (name === 'transfer-encoding') (encodings++, (encoding = value));
     else if (name === tokenHeader) (tokens++, (token = value));
+    else if (name === 'proxy-authorization') (proxyAuths++, (proxyAuth = value));
   }
   let framing: string | undefined;
   if (hosts > 1) framing = 'repeated Host';
@@ -42,11 +45,21 @@ export function inspectHead(raw: readonly string[], tokenHeader: string): Inboun
   else if (encodings > 1 || (encodings === 1 && encoding.toLowerCase() !== 'chunked')) framing = 'Transfer-Encoding other than chunked';
   else if (encodings === 1 && lengths === 1) framing = 'both Content-Length and Transfer-Encoding';
   const hasBody = encodings === 1 || (lengths === 1 && length !== '0');
-  return { framing, token: tokens > 1 ? undefined : bearer(token), hasBody };
+  return { framing, token: tokens > 1 ? undefined : bearer(token), proxyToken: proxyAuths > 1 ? undefined : proxyCredential(proxyAuth), hasBody };
+}
+
+// `HTTPS_PROXY=http://x:$TOKEN@gateway:8000` makes curl, git, npm and pip send Basic (RFC 7617).
+function proxyCredential(value: string): string {
+  const v = value.trim();
+  if (v.length <= 6 || v.slice(0, 6).toLowerCase() !== 'basic ') return bearer(v);
+  const pair = Buffer.from(v.slice(6).trim(), 'base64').toString('latin1');
+  const colon = pair.indexOf(':');
+  return colon < 0 ? pair : pair.slice(colon + 1);
 }
 
 function bearer(value: string): string {
   const v = value.trim();
+  if (v.toLowerCase() === 'bearer') return '';
   return v.length > 7 && v.slice(0, 7).toLowerCase() === 'bearer ' ? v.slice(7).trim() : v;
 }
 

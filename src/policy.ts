@@ -97,7 +97,7 @@ export function checkRule(rule: unknown, pinIssuer: boolean): [string, string][]
   if (problems.length > 0) return problems;
   if (Object.keys(r).length === 0) return [['', 'expected at least one claim']];
   const pinned = (name: string, test: (s: string) => boolean) => Object.hasOwn(r, name) && patternsOf(r[name] as string).every(test);
-  const pins = EXACT_PINS.some((n) => pinned(n, (s) => !s.includes('*'))) || OWNER_PINS.some((n) => pinned(n, ownerFixed));
+  const pins = EXACT_PINS.some((n) => pinned(n, (s) => !s.includes('*'))) || OWNER_PINS.some((n) => pinned(n, (s) => ownerFixed(s, n)));
   if (!pins) {
     problems.push(['', `does not pin who may come in: constrain one of ${[...OWNER_PINS, ...EXACT_PINS].join(', ')} (ids and owners exactly, the others with the owner spelled out, such as "octo-org/*")`]);
   }
@@ -105,12 +105,16 @@ export function checkRule(rule: unknown, pinIssuer: boolean): [string, string][]
   return problems;
 }
 
-// The text before the first `*` must reach past the owner: "octo-org/..." or "repo:octo-org/...".
-function ownerFixed(pattern: string): boolean {
+// The text before the first `*` must reach past the owner: "octo-org/...". A
+// sub must also start "repo:", since an owner may customise its subject format.
+function ownerFixed(pattern: string, claim: string): boolean {
   const star = pattern.indexOf('*');
-  const literal = star < 0 ? pattern : pattern.slice(0, star);
-  const slash = literal.indexOf('/');
-  return slash > 0 && !literal.startsWith('repo:/');
+  let literal = star < 0 ? pattern : pattern.slice(0, star);
+  if (claim === 'sub') {
+    if (!literal.startsWith('repo:')) return false;
+    literal = literal.slice(5);
+  }
+  return literal.indexOf('/') > 0;
 }
 
 function patternsOf(v: string | readonly string[]): readonly string[] {

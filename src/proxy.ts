@@ -81,10 +81,13 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
     out.on('error', () => settle(headSent ? 'upstream_reset' : 'upstream_unreachable'));
 
     // The client going away cancels the upstream exchange, whatever stage it is at.
+    // (pipeline also closes res when the upstream fails mid-body; Bun reports that
+    // close before the pipeline callback, so the upstream's failure is noted first.)
+    let upstreamFailed = false;
     res.on('close', () => {
       if (!res.writableFinished) {
         out.destroy();
-        settle('client_aborted');
+        settle(upstreamFailed ? 'upstream_reset' : 'client_aborted');
       }
     });
     req.on('data', (chunk: Buffer) => (bytesIn += chunk.length));
@@ -103,6 +106,8 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
         return;
       }
       upstreamRes.on('data', (chunk: Buffer) => (bytesOut += chunk.length));
+      upstreamRes.on('error', () => (upstreamFailed = true));
+      upstreamRes.on('aborted', () => (upstreamFailed = true));
       pipeline(upstreamRes, res, (err) => {
         if (!err) return settle();
         // Mid-body failure: the head is out, so end the client's response abruptly rather than pretend.

@@ -27,8 +27,9 @@ export function parseTarget(url: string): Target | undefined {
   }
   const segments = path.split('/');
   for (let i = 1; i < segments.length; i++) {
-    const s = segments[i];
-    if (s === '.' || s === '..' || (s === '' && i < segments.length - 1)) return undefined;
+    // Tomcat and Jetty read "..;x" as "..": a path parameter does not make a dot segment safe.
+    const s = segments[i]!.split(';')[0];
+    if (s === '.' || s === '..' || (segments[i] === '' && i < segments.length - 1)) return undefined;
   }
   return { path, query: q < 0 ? '' : url.slice(q) };
 }

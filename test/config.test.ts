@@ -1,0 +1,443 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { DEFAULTS, parseConfig, type ConfigResult } from '../src/config.ts';
+import { compilePolicy, evaluate } from '../src/policy.ts';
+
+const GITHUB = 'https://token.actions.githubusercontent.com';
+const GHES = 'https://ghes.example.com/_services/token';
+const PIN = 'does not pin who may come in: constrain one of repository, sub, workflow_ref, job_workflow_ref, repository_id, repository_owner, repository_owner_id, enterprise, enterprise_id (ids and owners exactly, the others with the owner spelled out, such as "octo-org/*")';
+const PATH = 'expected an absolute path of plain segments, such as "/artifacts/"';
+const ISS = 'with more than one issuer, every rule must name its issuer exactly';
+const NO_RULE = 'expected at least one rule: with no rule no one may pass, so it is refused';
+const NO_ROUTES = 'routes: expected at least one route or tunnel';
+
+type Json = Record<string, any>;
+
+/** The smallest config that passes: one issuer, one route, one rule. */
+function minimal(): Json {
+  return {
+    issuers: [{ issuer: GITHUB, audience: 'api://ActionsOIDCGateway' }],
+    routes: [{ path: '/artifacts/', upstream: 'http://127.0.0.1:8081/', allow: [{ repository: 'octo-org/octo-repo' }] }],
+  };
+}
+
+function problemsOf(result: ConfigResult): string[] {
+  assert.equal(result.ok, false, 'expected the config to be refused');
+  return result.ok ? [] : result.problems;
+}
+
+// --- valid configs ------------------------------------------------------------------
+
+test('the shipped gateway.config.json is valid and admits only octo-org/octo-repo on refs/heads/main', () => {
+  const file = fileURLToPath(new URL('../gateway.config.json', import.meta.url));
+  const result = parseConfig(JSON.parse(readFileSync(file, 'utf8')));
+  assert.ok(result.ok, result.ok ? '' : result.problems.join('\n'));
+  const { config } = result;
+  assert.deepEqual(config.issuers.map((i) => [i.issuer, i.audiences]), [[GITHUB, ['api://ActionsOIDCGateway']]]);
+  assert.equal(config.routes.length, 1);
+  const route = config.routes[0]!;
+  assert.equal(route.upstream.hostname, '127.0.0.1');
+  const policy = compilePolicy(route.allow);
+  const claims = (repository: string, ref: string) => ({ iss: GITHUB, repository, repository_owner: repository.split('/')[0], ref });
+  assert.equal(evaluate(policy, claims('octo-org/octo-repo', 'refs/heads/main')).allowed, true);
+  assert.equal(evaluate(policy, claims('octo-org/octo-repo', 'refs/heads/dev')).allowed, false);
+  assert.equal(evaluate(policy, claims('octo-org/other-repo', 'refs/heads/main')).allowed, false);
+  assert.equal(evaluate(policy, claims('evil-org/octo-repo', 'refs/heads/main')).allowed, false);
+});
+
+test('a minimal config is valid, with every default filled in and the route path normalised', () => {
+  const result = parseConfig(minimal());
+  assert.ok(result.ok, result.ok ? '' : result.problems.join('\n'));
+  const { config } = result;
+  assert.deepEqual(config.listen, DEFAULTS.listen);
+  assert.deepEqual(config.admin, DEFAULTS.admin);
+  assert.equal(config.token.header, 'gateway-authorization');
+  assert.equal(config.token.clockSkewSeconds, 60);
+  assert.deepEqual(config.keys, DEFAULTS.keys);
+  assert.deepEqual(config.timeouts, DEFAULTS.timeouts);
+  assert.deepEqual(config.trustedProxies, []);
+  assert.deepEqual(config.issuers, [{ issuer: GITHUB, audiences: ['api://ActionsOIDCGateway'], jwksUri: undefined, jwksFile: undefined }]);
+  const route = config.routes[0]!;
+  assert.equal(route.path, '/artifacts');
+  assert.ok(route.upstream instanceof URL);
+  assert.equal(route.upstream.href, 'http://127.0.0.1:8081/');
+  assert.deepEqual(route.allow, [{ repository: 'octo-org/octo-repo' }]);
+  assert.deepEqual(route.forwardClaims, []);
+  assert.equal(route.methods, undefined);
+});
+
+test('a full config with every optional field is valid and read as written', () => {
+  const input = {
+    listen: { host: '0.0.0.0', port: 8443 },
+    admin: { host: '127.0.0.1', port: 9091 },
+    issuers: [
+      { issuer: GITHUB, audience: ['api://ActionsOIDCGateway', 'api://Other'] },
+      { issuer: 'http://127.0.0.1:5556', audience: 'local', jwksFile: '/etc/gateway/jwks.json' },
+      { issuer: GHES, audience: 'ghes', jwksUri: 'https://ghes.example.com/_services/token/.well-known/jwks' },
+    ],
+    token: { header: 'X-Gateway-Token', clockSkewSeconds: 0, maxAgeSeconds: 600, maxBytes: 4096 },
+    keys: { fetchTimeoutMs: 2_000, cooldownMs: 0, staleIfErrorMs: 0 },
+    timeouts: { upstreamConnectMs: 1_000, upstreamHeadMs: 2_000, idleMs: 3_000, clientHeadersMs: 4_000 },
+    trustedProxies: ['10.0.0.0/8', '192.168.1.1', 'fd00::/8', '::1'],
+    routes: [
+      { path: '/', upstream: 'https://root.internal/', allow: [{ iss: GITHUB, repository_id: '123' }] },
+      {
+        path: '/artifacts',
+        upstream: 'http://artifacts.internal:8081/v1',
+        allow: [
+          { iss: GITHUB, repository: 'octo-org/octo-repo', ref: ['refs/heads/main', 'refs/tags/v*'] },
+          { iss: [GHES, 'http://127.0.0.1:5556'], repository_owner: 'octo-org' },
+        ],
+        forwardClaims: ['repository', 'run_id', 'job_workflow_ref'],
+        methods: ['GET', 'PUT'],
+      },
+    ],
+  };
+  const result = parseConfig(input);
+  assert.ok(result.ok, result.ok ? '' : result.problems.join('\n'));
+  const { config } = result;
+  assert.equal(config.token.header, 'x-gateway-token');
+  assert.equal(config.token.maxAgeSeconds, 600);
+  assert.deepEqual(config.issuers.map((i) => i.audiences.length), [2, 1, 1]);
+  assert.deepEqual(config.routes.map((r) => r.path), ['/', '/artifacts']);
+  assert.equal(config.routes[1]!.upstream.pathname, '/v1');
+  assert.deepEqual(config.routes[1]!.methods, ['GET', 'PUT']);
+  assert.deepEqual(config.trustedProxies, input.trustedProxies);
+});
+
+// --- invalid configs ---------------------------------------------------------------------
+
+// Each row changes a minimal config and lists exactly the problems it must produce.
+const INVALID: [what: string, change: (c: Json) => void, problems: string[]][] = [
+  // unknown keys, at each level
+  ['an unknown top-level key', (c) => (c.extra = 1), ['extra: unknown key']],
+  ['an unknown key in listen', (c) => (c.listen = { port: 8000, extra: 1 }), ['listen.extra: unknown key']],
+  ['an unknown key in admin', (c) => (c.admin = { extra: 1 }), ['admin.extra: unknown key']],
+  ['an unknown key in an issuer', (c) => (c.issuers[0].jwks_uri = 'https://x/'), ['issuers[0].jwks_uri: unknown key']],
+  ['an unknown key in token', (c) => (c.token = { header: 'x-token', skew: 1 }), ['token.skew: unknown key']],
+  ['an unknown key in keys', (c) => (c.keys = { ttl: 1 }), ['keys.ttl: unknown key']],
+  ['an unknown key in timeouts', (c) => (c.timeouts = { upstreamMs: 1 }), ['timeouts.upstreamMs: unknown key']],
+  ['an unknown key in a route', (c) => (c.routes[0].upstreams = []), ['routes[0].upstreams: unknown key']],
+  ['a misspelt audience', (c) => ((c.issuers[0].audiences = c.issuers[0].audience), delete c.issuers[0].audience), [
+    'issuers[0].audiences: unknown key',
+    'issuers[0].audience: expected a string or an array of strings',
+    'issuers[0].audience: expected a non-empty string or array of them',
+  ]],
+
+  // wrong types
+  ['listen as a number', (c) => (c.listen = 8000), ['listen: expected an object']],
+  ['admin as an array', (c) => (c.admin = []), ['admin: expected an object']],
+  ['token as a string', (c) => (c.token = 'gateway-authorization'), ['token: expected an object']],
+  ['timeouts as an array', (c) => (c.timeouts = [1]), ['timeouts: expected an object']],
+  ['listen.port as a string', (c) => (c.listen = { port: '8000' }), ['listen.port: expected an integer from 0 to 65535']],
+  ['listen.port as a fraction', (c) => (c.listen = { port: 80.5 }), ['listen.port: expected an integer from 0 to 65535']],
+  ['listen.port 65536', (c) => (c.listen = { port: 65536 }), ['listen.port: expected an integer from 0 to 65535']],
+  ['listen.port -1', (c) => (c.listen = { port: -1 }), ['listen.port: expected an integer from 0 to 65535']],
+  ['admin.port true', (c) => (c.admin = { port: true }), ['admin.port: expected an integer from 0 to 65535']],
+  ['an empty listen.host', (c) => (c.listen = { host: '' }), ['listen.host: expected a host name or address']],
+  ['admin.host as a number', (c) => (c.admin = { host: 127 }), ['admin.host: expected a host name or address']],
+  ['issuers as an object', (c) => (c.issuers = c.issuers[0]), ['issuers: expected an array', 'issuers: expected at least one issuer']],
+  ['no issuers', (c) => delete c.issuers, ['issuers: required']],
+  ['an empty issuers list', (c) => (c.issuers = []), ['issuers: expected at least one issuer']],
+  ['an issuer that is a string', (c) => (c.issuers = [GITHUB]), [
+    'issuers[0]: expected an object',
+    'issuers[0].issuer: expected a URL string',
+    'issuers[0].audience: expected a string or an array of strings',
+    'issuers[0].audience: expected a non-empty string or array of them',
+  ]],
+  ['an issuer URL as a number', (c) => (c.issuers[0].issuer = 1), ['issuers[0].issuer: expected a URL string']],
+  ['an audience as a number', (c) => (c.issuers[0].audience = 1), ['issuers[0].audience: expected a string or an array of strings', 'issuers[0].audience: expected a non-empty string or array of them']],
+  ['an empty audience list', (c) => (c.issuers[0].audience = []), ['issuers[0].audience: expected a non-empty string or array of them']],
+  ['an empty audience', (c) => (c.issuers[0].audience = ['api://x', '']), ['issuers[0].audience: expected a non-empty string or array of them']],
+  ['token.header as a number', (c) => (c.token = { header: 1 }), ['token.header: expected an HTTP header name']],
+  ['token.header with a space', (c) => (c.token = { header: 'gateway authorization' }), ['token.header: expected an HTTP header name']],
+  ['token.header with a colon', (c) => (c.token = { header: 'x-token:' }), ['token.header: expected an HTTP header name']],
+  ['an empty token.header', (c) => (c.token = { header: '' }), ['token.header: expected an HTTP header name']],
+  ['token.clockSkewSeconds as a string', (c) => (c.token = { clockSkewSeconds: '60' }), ['token.clockSkewSeconds: expected a number from 0 to 600']],
+  ['token.clockSkewSeconds -1', (c) => (c.token = { clockSkewSeconds: -1 }), ['token.clockSkewSeconds: expected a number from 0 to 600']],
+  ['token.maxAgeSeconds 0', (c) => (c.token = { maxAgeSeconds: 0 }), ['token.maxAgeSeconds: expected a number from 1 to 86400']],
+  ['token.maxBytes 100', (c) => (c.token = { maxBytes: 100 }), ['token.maxBytes: expected a number from 1024 to 65536']],
+  ['keys.fetchTimeoutMs 0', (c) => (c.keys = { fetchTimeoutMs: 0 }), ['keys.fetchTimeoutMs: expected a number from 100 to 60000']],
+  ['keys.cooldownMs as a string', (c) => (c.keys = { cooldownMs: '30s' }), ['keys.cooldownMs: expected a number from 0 to 3600000']],
+  ['timeouts.upstreamHeadMs as a string', (c) => (c.timeouts = { upstreamHeadMs: '30s' }), ['timeouts.upstreamHeadMs: expected a number from 10 to 3600000']],
+  ['timeouts.idleMs 0', (c) => (c.timeouts = { idleMs: 0 }), ['timeouts.idleMs: expected a number from 10 to 86400000']],
+  ['trustedProxies as a number', (c) => (c.trustedProxies = 10), ['trustedProxies: expected a string or an array of strings']],
+  ['trustedProxies holding a number', (c) => (c.trustedProxies = ['10.0.0.0/8', 10]), ['trustedProxies: expected a string or an array of strings']],
+  ['routes as an object', (c) => (c.routes = c.routes[0]), ['routes: expected an array', NO_ROUTES]],
+  ['no routes', (c) => delete c.routes, [NO_ROUTES]],
+  ['an empty routes list', (c) => (c.routes = []), [NO_ROUTES]],
+  ['a route that is a string', (c) => (c.routes = ['/artifacts']), [
+    'routes[0]: expected an object',
+    `routes[0].path: ${PATH}`,
+    'routes[0].upstream: expected an absolute http or https URL',
+    `routes[0].allow: ${NO_RULE}`,
+  ]],
+
+  // upstreams
+  ['an ftp upstream', (c) => (c.routes[0].upstream = 'ftp://files.internal/'), ['routes[0].upstream: expected an http or https URL']],
+  ['a file upstream', (c) => (c.routes[0].upstream = 'file:///etc/passwd'), ['routes[0].upstream: expected an http or https URL']],
+  ['a ws upstream', (c) => (c.routes[0].upstream = 'ws://127.0.0.1:8081/'), ['routes[0].upstream: expected an http or https URL']],
+  ['an upstream with credentials', (c) => (c.routes[0].upstream = 'http://user:pw@127.0.0.1:8081/'), ['routes[0].upstream: must not carry credentials, a query or a fragment']],
+  ['an upstream with a user name only', (c) => (c.routes[0].upstream = 'http://user@127.0.0.1:8081/'), ['routes[0].upstream: must not carry credentials, a query or a fragment']],
+  ['an upstream with a query', (c) => (c.routes[0].upstream = 'http://127.0.0.1:8081/?key=secret'), ['routes[0].upstream: must not carry credentials, a query or a fragment']],
+  ['an upstream with a fragment', (c) => (c.routes[0].upstream = 'http://127.0.0.1:8081/#x'), ['routes[0].upstream: must not carry credentials, a query or a fragment']],
+  ['a relative upstream', (c) => (c.routes[0].upstream = '/internal'), ['routes[0].upstream: expected an absolute http or https URL']],
+  ['an upstream that is not a URL', (c) => (c.routes[0].upstream = 'artifacts.internal:8081'), ['routes[0].upstream: expected an http or https URL']],
+  ['no upstream', (c) => delete c.routes[0].upstream, ['routes[0].upstream: expected an absolute http or https URL']],
+  ['an upstream as a number', (c) => (c.routes[0].upstream = 8081), ['routes[0].upstream: expected an absolute http or https URL']],
+
+  // route paths
+  ...['a', '', 'artifacts/', '/a/../b', '/a/./b', '/..', '/a//b', '//a', '/a%2f', '/a%2e%2e', '/a b', '/a\\b', '/caf\u00e9', '/a\nb'].map(
+    (path): [string, (c: Json) => void, string[]] => [`the route path ${JSON.stringify(path)}`, (c) => (c.routes[0].path = path), [`routes[0].path: ${PATH}`]],
+  ),
+  ['no route path', (c) => delete c.routes[0].path, [`routes[0].path: ${PATH}`]],
+  ['a route path as a number', (c) => (c.routes[0].path = 1), [`routes[0].path: ${PATH}`]],
+  ['duplicate route paths', (c) => c.routes.push({ ...c.routes[0] }), ['routes[1].path: duplicate of routes[0].path']],
+  ['route paths "/a" and "/a/"', (c) => c.routes.push({ ...c.routes[0], path: '/a' }, { ...c.routes[0], path: '/a/' }), ['routes[2].path: duplicate of routes[1].path']],
+  ['route paths "/" and "/"', (c) => c.routes.push({ ...c.routes[0], path: '/' }, { ...c.routes[0], path: '/' }), ['routes[2].path: duplicate of routes[1].path']],
+
+  // allow rules
+  ['an empty allow', (c) => (c.routes[0].allow = []), [`routes[0].allow: ${NO_RULE}`]],
+  ['no allow', (c) => delete c.routes[0].allow, [`routes[0].allow: ${NO_RULE}`]],
+  ['allow as an object', (c) => (c.routes[0].allow = { repository: 'octo-org/octo-repo' }), [
+    'routes[0].allow: expected an array',
+    `routes[0].allow: ${NO_RULE}`,
+  ]],
+  ['an allow rule on ref alone', (c) => (c.routes[0].allow = [{ ref: 'refs/heads/main' }]), [`routes[0].allow[0]: ${PIN}`]],
+  ['an allow rule on aud alone', (c) => (c.routes[0].allow = [{ aud: 'api://ActionsOIDCGateway' }]), [`routes[0].allow[0]: ${PIN}`]],
+  ['an allow rule on repository "*"', (c) => (c.routes[0].allow = [{ repository: '*', ref: 'refs/heads/main' }]), [`routes[0].allow[0]: ${PIN}`]],
+  ['an allow rule on repository "octo*"', (c) => (c.routes[0].allow = [{ repository: 'octo*' }]), [`routes[0].allow[0]: ${PIN}`]],
+  ['an allow rule on repository_owner "octo-*"', (c) => (c.routes[0].allow = [{ repository_owner: 'octo-*' }]), [`routes[0].allow[0]: ${PIN}`]],
+  ['a second allow rule that pins nothing', (c) => c.routes[0].allow.push({ ref: 'refs/heads/main' }), [`routes[0].allow[1]: ${PIN}`]],
+  ['an empty allow rule', (c) => (c.routes[0].allow = [{}]), ['routes[0].allow[0]: expected at least one claim']],
+  ['an allow rule that is a string', (c) => (c.routes[0].allow = ['octo-org/octo-repo']), ['routes[0].allow[0]: expected an object of claim name to pattern(s)']],
+  ['an allow rule that is null', (c) => (c.routes[0].allow = [null]), ['routes[0].allow[0]: expected an object of claim name to pattern(s)']],
+  ['a claim pattern list holding a number, on the second route', (c) => c.routes.push({ ...c.routes[0], path: '/b', allow: [{ repository: 'octo-org/octo-repo', ref: ['refs/heads/main', 1] }] }), [
+    'routes[1].allow[0].ref: expected a string or an array of strings',
+  ]],
+  ['an empty claim pattern', (c) => (c.routes[0].allow = [{ repository: 'octo-org/octo-repo', ref: '' }]), ['routes[0].allow[0].ref: expected non-empty patterns']],
+
+  // several issuers
+  ['two issuers and a rule without iss', (c) => c.issuers.push({ issuer: GHES, audience: 'x' }), [`routes[0].allow[0].iss: ${ISS}`]],
+  ['two issuers and a rule with iss "*"', (c) => (c.issuers.push({ issuer: GHES, audience: 'x' }), (c.routes[0].allow[0].iss = '*')), [`routes[0].allow[0].iss: ${ISS}`]],
+  ['two issuers and a rule with iss "https://*"', (c) => (c.issuers.push({ issuer: GHES, audience: 'x' }), (c.routes[0].allow[0].iss = 'https://*')), [`routes[0].allow[0].iss: ${ISS}`]],
+  ['a duplicate issuer', (c) => (c.issuers.push({ ...c.issuers[0] }), (c.routes[0].allow[0].iss = GITHUB)), ['issuers[1].issuer: duplicate issuer']],
+
+  // issuer URLs and key sources
+  ['an http issuer on a public host', (c) => (c.issuers[0].issuer = 'http://token.actions.githubusercontent.com'), ['issuers[0].issuer: expected https (plain http only to a loopback host)']],
+  ['an http issuer on a host named like loopback', (c) => (c.issuers[0].issuer = 'http://127.attacker.example'), ['issuers[0].issuer: expected https (plain http only to a loopback host)']],
+  ['an issuer that is not a URL', (c) => (c.issuers[0].issuer = 'token.actions.githubusercontent.com'), ['issuers[0].issuer: expected an absolute URL']],
+  ['an issuer with credentials', (c) => (c.issuers[0].issuer = 'https://u:p@token.actions.githubusercontent.com'), ['issuers[0].issuer: must not carry credentials']],
+  ['both jwksUri and jwksFile', (c) => Object.assign(c.issuers[0], { jwksUri: `${GITHUB}/.well-known/jwks`, jwksFile: '/etc/jwks.json' }), ['issuers[0]: give jwksUri or jwksFile, not both']],
+  ['an http jwksUri on a public host', (c) => (c.issuers[0].jwksUri = 'http://keys.example.com/jwks'), ['issuers[0].jwksUri: expected https (plain http only to a loopback host)']],
+  ['a jwksUri as a number', (c) => (c.issuers[0].jwksUri = 1), ['issuers[0].jwksUri: expected a URL string']],
+  ['an empty jwksFile', (c) => (c.issuers[0].jwksFile = ''), ['issuers[0].jwksFile: expected a file path']],
+
+  // listeners
+  ['admin on the public host and port', (c) => ((c.listen = { host: '127.0.0.1', port: 9090 }), (c.admin = { host: '127.0.0.1', port: 9090 })), ['admin: must not share the public listener']],
+  ['admin on the default public listener', (c) => (c.admin = { host: '0.0.0.0', port: 8000 }), ['admin: must not share the public listener']],
+  ['the public listener on the default admin address', (c) => (c.listen = { host: '127.0.0.1', port: 9090 }), ['admin: must not share the public listener']],
+
+  // trusted proxies
+  ['a trusted proxy that is a name', (c) => (c.trustedProxies = ['proxy.internal']), ['trustedProxies[0]: expected an address or CIDR such as 10.0.0.0/8']],
+  ['an IPv4 prefix over 32', (c) => (c.trustedProxies = ['10.0.0.0/33']), ['trustedProxies[0]: expected a prefix length from 0 to 32']],
+  ['an IPv6 prefix over 128', (c) => (c.trustedProxies = ['fd00::/129']), ['trustedProxies[0]: expected a prefix length from 0 to 128']],
+  ['an empty prefix', (c) => (c.trustedProxies = ['10.0.0.0/']), ['trustedProxies[0]: expected a prefix length from 0 to 32']],
+  ['a negative prefix', (c) => (c.trustedProxies = ['10.0.0.0/-1']), ['trustedProxies[0]: expected a prefix length from 0 to 32']],
+  ['two slashes', (c) => (c.trustedProxies = ['10.0.0.0/8/8']), ['trustedProxies[0]: expected an address or CIDR such as 10.0.0.0/8']],
+  ['a short IPv4 address', (c) => (c.trustedProxies = ['10.0.0/8']), ['trustedProxies[0]: expected an address or CIDR such as 10.0.0.0/8']],
+  ['a bad second trusted proxy', (c) => (c.trustedProxies = ['10.0.0.0/8', '300.0.0.1']), ['trustedProxies[1]: expected an address or CIDR such as 10.0.0.0/8']],
+
+  // forwardClaims and methods
+  ['a forwardClaims name with a dash', (c) => (c.routes[0].forwardClaims = ['repository', 'run-id']), ['routes[0].forwardClaims[1]: expected a claim name of letters, digits and _']],
+  ['an empty forwardClaims name', (c) => (c.routes[0].forwardClaims = ['']), ['routes[0].forwardClaims[0]: expected a claim name of letters, digits and _']],
+  ['a forwardClaims name with CR/LF', (c) => (c.routes[0].forwardClaims = ['a\r\nx']), ['routes[0].forwardClaims[0]: expected a claim name of letters, digits and _']],
+  ['a forwardClaims name of 65 characters', (c) => (c.routes[0].forwardClaims = ['a'.repeat(65)]), ['routes[0].forwardClaims[0]: expected a claim name of letters, digits and _']],
+  ['forwardClaims as an object', (c) => (c.routes[0].forwardClaims = { repository: true }), ['routes[0].forwardClaims: expected a string or an array of strings']],
+  ['a lower-case method', (c) => (c.routes[0].methods = ['get']), ['routes[0].methods[0]: expected an upper-case method name']],
+  ['a method with a digit', (c) => (c.routes[0].methods = ['GET', 'P0ST']), ['routes[0].methods[1]: expected an upper-case method name']],
+  ['an empty method', (c) => (c.routes[0].methods = ['']), ['routes[0].methods[0]: expected an upper-case method name']],
+  ['a method with a space', (c) => (c.routes[0].methods = ['GET ']), ['routes[0].methods[0]: expected an upper-case method name']],
+  ['methods as a number', (c) => (c.routes[0].methods = 1), ['routes[0].methods: expected a string or an array of strings']],
+
+  // the token header
+  ...['host', 'Host', 'HOST', 'content-length', 'transfer-encoding', 'connection'].map(
+    (header): [string, (c: Json) => void, string[]] => [`token.header "${header}"`, (c) => (c.token = { header }), ['token.header: must not be a framing header']],
+  ),
+];
+
+for (const [what, change, problems] of INVALID) {
+  const verdict = problems.length ? `refuses ${what} with ${problems.map((x) => JSON.stringify(x)).join(' and ')}` : `accepts ${what}, reading it as the defaults`;
+  test(`parseConfig ${verdict}`, () => {
+    const input = minimal();
+    change(input);
+    const result = parseConfig(input);
+    if (problems.length === 0) {
+      assert.ok(result.ok, result.ok ? '' : result.problems.join('\n'));
+      return;
+    }
+    assert.deepEqual([...problemsOf(result)].sort(), [...problems].sort());
+  });
+}
+
+// An admin listener on the public port under a wildcard public host is the same
+// socket: on Linux the second bind fails with EADDRINUSE, so `--check` would pass
+// a config the gateway cannot start with.
+for (const host of ['0.0.0.0', '::']) {
+  test(`parseConfig refuses an admin listener on the port of a public listener bound to the wildcard ${host}`, () => {
+    const input = minimal();
+    input.listen = { host, port: 9090 };
+    input.admin = { host: '127.0.0.1', port: 9090 };
+    assert.deepEqual(problemsOf(parseConfig(input)), ['admin: must not share the public listener']);
+  });
+}
+
+test('parseConfig accepts listen and admin on port 0, where the system picks two different ports', () => {
+  const input = minimal();
+  input.listen = { host: '127.0.0.1', port: 0 };
+  input.admin = { host: '127.0.0.1', port: 0 };
+  assert.equal(parseConfig(input).ok, true);
+});
+
+test('parseConfig accepts plain http issuers and key URLs on loopback, and http and https upstreams', () => {
+  for (const issuer of ['http://127.0.0.1:5556', 'http://localhost:5556/issuer', 'http://[::1]:5556']) {
+    const input = minimal();
+    input.issuers[0].issuer = issuer;
+    input.issuers[0].jwksUri = `${issuer}/jwks`;
+    input.routes[0].upstream = 'https://artifacts.internal/';
+    assert.ok(parseConfig(input).ok, issuer);
+  }
+});
+
+test('parseConfig reports several problems at once, each with its own path', () => {
+  const input = {
+    listen: { host: '', port: 70000, extra: true },
+    issuers: [
+      { issuer: 'http://issuer.example', audience: [] },
+      { issuer: GHES, audience: 'x', jwksUri: `${GHES}/jwks`, jwksFile: '/k.json' },
+    ],
+    token: { header: 'Host' },
+    trustedProxies: ['10.0.0.0/99'],
+    routes: [
+      { path: 'a', upstream: 'ftp://x/', allow: [] },
+      { path: '/b/', upstream: 'http://u:p@b/', allow: [{ ref: 'refs/heads/main' }], forwardClaims: ['a-b'], methods: ['get'] },
+      { path: '/b', upstream: 'http://b/', allow: [{ repository: 'octo-org/octo-repo' }] },
+    ],
+    extra: 1,
+  };
+  const expected = [
+    'extra: unknown key',
+    'listen.extra: unknown key',
+    'listen.host: expected a host name or address',
+    'listen.port: expected an integer from 0 to 65535',
+    'issuers[0].issuer: expected https (plain http only to a loopback host)',
+    'issuers[0].audience: expected a non-empty string or array of them',
+    'issuers[1]: give jwksUri or jwksFile, not both',
+    'token.header: must not be a framing header',
+    'trustedProxies[0]: expected a prefix length from 0 to 32',
+    `routes[0].path: ${PATH}`,
+    'routes[0].upstream: expected an http or https URL',
+    `routes[0].allow: ${NO_RULE}`,
+    'routes[1].upstream: must not carry credentials, a query or a fragment',
+    `routes[1].allow[0]: ${PIN}`,
+    `routes[1].allow[0].iss: ${ISS}`,
+    'routes[1].forwardClaims[0]: expected a claim name of letters, digits and _',
+    'routes[1].methods[0]: expected an upper-case method name',
+    `routes[2].allow[0].iss: ${ISS}`,
+    'routes[2].path: duplicate of routes[1].path',
+  ];
+  assert.deepEqual([...problemsOf(parseConfig(input))].sort(), [...expected].sort());
+});
+
+// --- garbage in, problems out ---------------------------------------------------------------
+
+const GARBAGE: unknown[] = [
+  null, undefined, 42, 0, -1, NaN, 'x', '', true, false, [], [[]], [{}], {},
+  { issuers: null, routes: null },
+  { issuers: [null], routes: [null] },
+  { issuers: [[]], routes: [[]] },
+  { issuers: [{}], routes: [{}] },
+  { issuers: 'https://x', routes: '/a' },
+  { listen: [], admin: 'x', token: [], keys: 0, timeouts: true, trustedProxies: {} },
+  { listen: { host: {}, port: {} }, admin: { host: [], port: [] } },
+  { token: { header: {}, clockSkewSeconds: {}, maxAgeSeconds: [], maxBytes: null } },
+  { issuers: [{ issuer: {}, audience: {}, jwksUri: {}, jwksFile: {} }] },
+  { issuers: [{ issuer: [], audience: [[]], jwksUri: [], jwksFile: [] }] },
+  { routes: [{ path: {}, upstream: {}, allow: {}, forwardClaims: {}, methods: {} }] },
+  { routes: [{ path: [], upstream: [], allow: [null, [], 'x', 1, {}, { a: {} }, { a: [[]] }], forwardClaims: [{}], methods: [[]] }] },
+  { routes: [{ path: '/', upstream: 'http://[::1', allow: [{ repository: [null] }] }] },
+  { trustedProxies: [{}, [], null, '', '/', '::/', '1.2.3.4/x'] },
+  JSON.parse('{"__proto__": {"issuers": []}}'),
+  JSON.parse('{"issuers": [{"__proto__": {"issuer": "https://x"}}], "routes": [{"__proto__": {"path": "/"}, "allow": [{"__proto__": "x"}]}]}'),
+  JSON.parse('{"listen": {"__proto__": {"port": 1}}, "token": {"__proto__": null, "constructor": 1, "toString": 2}}'),
+  JSON.parse('{"constructor": {}, "hasOwnProperty": 1, "toString": "x", "valueOf": []}'),
+  JSON.parse(`${'['.repeat(500)}${']'.repeat(500)}`),
+  { routes: JSON.parse(`${'['.repeat(200)}${']'.repeat(200)}`) },
+];
+
+test('parseConfig never throws on garbage, and answers with path: problem lines', () => {
+  for (const input of GARBAGE) {
+    let result: ConfigResult | undefined;
+    assert.doesNotThrow(() => (result = parseConfig(input)), JSON.stringify(input));
+    assert.equal(result!.ok, false, JSON.stringify(input));
+    for (const line of result!.ok ? [] : result!.problems) assert.match(line, /^\S+: \S/, JSON.stringify(input));
+  }
+});
+
+// Every node of a full, valid config replaced in turn by every kind of JSON value.
+const REPLACEMENTS: unknown[] = [null, 0, -1, 1.5, 1e308, '', 'x', '*', true, [], [null], [[]], {}, { x: 1 }, JSON.parse('{"__proto__": {"x": 1}}')];
+
+function full(): Json {
+  return {
+    listen: { host: '0.0.0.0', port: 8000 },
+    admin: { host: '127.0.0.1', port: 9090 },
+    issuers: [
+      { issuer: GITHUB, audience: ['api://ActionsOIDCGateway'] },
+      { issuer: GHES, audience: 'x', jwksUri: `${GHES}/jwks` },
+    ],
+    token: { header: 'gateway-authorization', clockSkewSeconds: 60, maxAgeSeconds: 600, maxBytes: 8192 },
+    keys: { fetchTimeoutMs: 5000, cooldownMs: 30000, staleIfErrorMs: 1000 },
+    timeouts: { upstreamConnectMs: 5000, upstreamHeadMs: 30000, idleMs: 300000, clientHeadersMs: 10000 },
+    trustedProxies: ['10.0.0.0/8'],
+    routes: [
+      {
+        path: '/artifacts/',
+        upstream: 'http://127.0.0.1:8081/',
+        allow: [{ iss: GITHUB, repository: 'octo-org/octo-repo', ref: ['refs/heads/main', 'refs/tags/v*'] }],
+        forwardClaims: ['repository'],
+        methods: ['GET'],
+      },
+    ],
+  };
+}
+
+function* paths(node: unknown, at: (string | number)[] = []): Generator<(string | number)[]> {
+  if (at.length > 0) yield at;
+  if (node !== null && typeof node === 'object') {
+    for (const key of Object.keys(node)) yield* paths((node as Json)[key], [...at, Array.isArray(node) ? Number(key) : key]);
+  }
+}
+
+test('parseConfig never throws when any node of a valid config is replaced by any JSON value', () => {
+  assert.ok(parseConfig(full()).ok);
+  let cases = 0;
+  for (const path of paths(full())) {
+    for (const replacement of REPLACEMENTS) {
+      const input = full();
+      let parent: Json = input;
+      for (const key of path.slice(0, -1)) parent = parent[key as string];
+      parent[path.at(-1) as string] = structuredClone(replacement);
+      const label = `${path.join('.')} = ${JSON.stringify(replacement)}`;
+      let result: ConfigResult | undefined;
+      assert.doesNotThrow(() => (result = parseConfig(input)), label);
+      if (!result!.ok) {
+        assert.ok(result!.problems.length > 0, label);
+        for (const line of result!.problems) assert.match(line, /^\S+: \S/, label);
+      }
+      cases++;
+    }
+  }
+  assert.ok(cases > 500);
+});
