@@ -1,6 +1,7 @@
 // The one JSON config: types, defaults, and validation that reports every
 // problem at once as `json.path: problem`. Nothing starts half-configured.
 import { isIP } from 'node:net';
+import { checkDestinationPattern } from './destination.js';
 import { checkKeyUrl } from './jwks.js';
 import { checkRule, type Rule } from './policy.js';
 
@@ -18,6 +19,14 @@ export interface RouteConfig {
   readonly allow: readonly Rule[];
   readonly forwardClaims: readonly string[];
   readonly methods?: readonly string[];
+}
+
+export interface TunnelConfig {
+  readonly to: readonly string[];
+  readonly allow: readonly Rule[];
+  readonly maxLifetimeSeconds?: number;
+  /** Close the tunnel when the token that opened it expires. Off by default: jobs outlive their tokens. */
+  readonly endWithToken: boolean;
 }
 
 export interface GatewayConfig {
@@ -39,6 +48,7 @@ export interface GatewayConfig {
   };
   readonly trustedProxies: readonly string[];
   readonly routes: readonly RouteConfig[];
+  readonly tunnels: readonly TunnelConfig[];
 }
 
 export const DEFAULTS = {
@@ -57,19 +67,22 @@ type Json = Record<string, unknown>;
 export function parseConfig(input: unknown): ConfigResult {
   const problems: string[] = [];
   const p = (path: string, problem: string) => problems.push(`${path}: ${problem}`);
-  const root = object(input, '(root)', ['listen', 'admin', 'issuers', 'token', 'keys', 'timeouts', 'trustedProxies', 'routes'], p);
+  const root = object(input, '(root)', ['listen', 'admin', 'issuers', 'token', 'keys', 'timeouts', 'trustedProxies', 'routes', 'tunnels'], p);
 
   const endpoint = (name: 'listen' | 'admin') => {
-    const o = object(root[name] ?? {}, name, ['host', 'port'], p);
-    const host = o.host ?? DEFAULTS[name].host;
-    const port = o.port ?? DEFAULTS[name].port;
+    const o = object(or(root[name], {}), name, ['host', 'port'], p);
+    const host = or(o.host, DEFAULTS[name].host);
+    const port = or(o.port, DEFAULTS[name].port);
     if (typeof host !== 'string' || host === '') p(`${name}.host`, 'expected a host name or address');
     if (!isInt(port, 0, 65535)) p(`${name}.port`, 'expected an integer from 0 to 65535');
     return { host: String(host), port: Number(port) };
   };
   const listen = endpoint('listen');
   const admin = endpoint('admin');
-  if (listen.port !== 0 && listen.port === admin.port && listen.host === admin.host) p('admin', 'must not share the public listener');
+  const wildcard = (h: string) => h === '0.0.0.0' || h === '::';
+  if (listen.port !== 0 && listen.port === admin.port && (listen.host === admin.host || wildcard(listen.host) || wildcard(admin.host))) {
+    p('admin', 'must not share the public listener');
+  }
 
   const issuerList = array(root.issuers, 'issuers', p);
   if (root.issuers !== undefined && issuerList.length === 0) p('issuers', 'expected at least one issuer');
@@ -92,8 +105,8 @@ export function parseConfig(input: unknown): ConfigResult {
   const names = issuers.map((i) => i.issuer);
   names.forEach((n, i) => names.indexOf(n) !== i && p(`issuers[${i}].issuer`, 'duplicate issuer'));
 
-  const tok = object(root.token ?? {}, 'token', ['header', 'clockSkewSeconds', 'maxAgeSeconds', 'maxBytes'], p);
-  const header = tok.header ?? DEFAULTS.token.header;
+  const tok = object(or(root.token, {}), 'token', ['header', 'clockSkewSeconds', 'maxAgeSeconds', 'maxBytes'], p);
+  const header = or(tok.header, DEFAULTS.token.header);
   if (typeof header !== 'string' || !isToken(header)) p('token.header', 'expected an HTTP header name');
   if (typeof header === 'string' && ['host', 'connection', 'content-length', 'transfer-encoding'].includes(header.toLowerCase())) p('token.header', 'must not be a framing header');
   const token = {
@@ -102,13 +115,13 @@ export function parseConfig(input: unknown): ConfigResult {
     maxAgeSeconds: tok.maxAgeSeconds === undefined ? undefined : num(tok, 'maxAgeSeconds', 0, 1, 86_400, 'token', p),
     maxBytes: num(tok, 'maxBytes', DEFAULTS.token.maxBytes, 1024, 65_536, 'token', p),
   };
-  const k = object(root.keys ?? {}, 'keys', ['fetchTimeoutMs', 'cooldownMs', 'staleIfErrorMs'], p);
+  const k = object(or(root.keys, {}), 'keys', ['fetchTimeoutMs', 'cooldownMs', 'staleIfErrorMs'], p);
   const keys = {
     fetchTimeoutMs: num(k, 'fetchTimeoutMs', DEFAULTS.keys.fetchTimeoutMs, 100, 60_000, 'keys', p),
     cooldownMs: num(k, 'cooldownMs', DEFAULTS.keys.cooldownMs, 0, 3_600_000, 'keys', p),
     staleIfErrorMs: num(k, 'staleIfErrorMs', DEFAULTS.keys.staleIfErrorMs, 0, 7 * 86_400_000, 'keys', p),
   };
-  const t = object(root.timeouts ?? {}, 'timeouts', Object.keys(DEFAULTS.timeouts), p);
+  const t = object(or(root.timeouts, {}), 'timeouts', Object.keys(DEFAULTS.timeouts), p);
   const d = DEFAULTS.timeouts;
   const timeouts = {
     upstreamConnectMs: num(t, 'upstreamConnectMs', d.upstreamConnectMs, 10, 600_000, 'timeouts', p),
@@ -117,17 +130,29 @@ export function parseConfig(input: unknown): ConfigResult {
     clientHeadersMs: num(t, 'clientHeadersMs', d.clientHeadersMs, 10, 600_000, 'timeouts', p),
   };
 
-  const trustedProxies = strings(root.trustedProxies ?? [], 'trustedProxies', p);
+  const trustedProxies = strings(or(root.trustedProxies, []), 'trustedProxies', p);
   trustedProxies.forEach((c, i) => cidrProblem(c) && p(`trustedProxies[${i}]`, cidrProblem(c)!));
 
   const routeList = array(root.routes, 'routes', p);
-  if (root.routes === undefined) p('routes', 'required');
+  const tunnelList = array(root.tunnels, 'tunnels', p);
+  if (routeList.length === 0 && tunnelList.length === 0) p('routes', 'expected at least one route or tunnel');
   const routes = routeList.map((raw, i) => route(raw, `routes[${i}]`, issuers.length > 1, p));
   const paths = routes.map((r) => r.path);
   paths.forEach((path, i) => paths.indexOf(path) !== i && p(`routes[${i}].path`, `duplicate of routes[${paths.indexOf(path)}].path`));
 
+  const tunnels = tunnelList.map((raw, i): TunnelConfig => {
+    const at = `tunnels[${i}]`;
+    const o = object(raw, at, ['to', 'allow', 'maxLifetimeSeconds', 'endWithToken'], p);
+    const to = strings(o.to, `${at}.to`, p);
+    if (to.length === 0) p(`${at}.to`, 'expected at least one host:port');
+    to.forEach((d, j) => checkDestinationPattern(d) && p(`${at}.to[${j}]`, checkDestinationPattern(d)!));
+    if (o.endWithToken !== undefined && typeof o.endWithToken !== 'boolean') p(`${at}.endWithToken`, 'expected true or false');
+    const maxLifetimeSeconds = o.maxLifetimeSeconds === undefined ? undefined : num(o, 'maxLifetimeSeconds', 0, 1, 86_400, at, p);
+    return { to, allow: rules(o.allow, at, issuers.length > 1, p), maxLifetimeSeconds, endWithToken: o.endWithToken === true };
+  });
+
   if (problems.length > 0) return { ok: false, problems };
-  return { ok: true, config: { listen, admin, issuers, token, keys, timeouts, trustedProxies, routes } };
+  return { ok: true, config: { listen, admin, issuers, token, keys, timeouts, trustedProxies, routes, tunnels } };
 }
 
 function route(raw: unknown, at: string, pinIssuer: boolean, p: (path: string, problem: string) => void): RouteConfig {
@@ -145,19 +170,27 @@ function route(raw: unknown, at: string, pinIssuer: boolean, p: (path: string, p
   } catch {
     p(`${at}.upstream`, 'expected an absolute http or https URL');
   }
-  const allowList = array(o.allow, `${at}.allow`, p);
-  if (allowList.length === 0) p(`${at}.allow`, 'expected at least one rule: a route with no rule admits no one, so it is refused');
-  const allow = allowList.map((rule, j) => {
-    const ruleAt = `${at}.allow[${j}]`;
-    const problems = checkRule(rule, pinIssuer);
-    for (const [claim, problem] of problems) p(claim ? `${ruleAt}.${claim}` : ruleAt, problem);
-    return rule as Rule;
-  });
-  const forwardClaims = strings(o.forwardClaims ?? [], `${at}.forwardClaims`, p);
+  const allow = rules(o.allow, at, pinIssuer, p);
+  const forwardClaims = strings(or(o.forwardClaims, []), `${at}.forwardClaims`, p);
   forwardClaims.forEach((c, j) => /^[A-Za-z0-9_]{1,64}$/.test(c) || p(`${at}.forwardClaims[${j}]`, 'expected a claim name of letters, digits and _'));
   const methods = o.methods === undefined ? undefined : strings(o.methods, `${at}.methods`, p);
+  if (Array.isArray(o.methods) && o.methods.length === 0) p(`${at}.methods`, 'expected at least one method (leave it out to allow any)');
   methods?.forEach((m, j) => /^[A-Z]{1,16}$/.test(m) || p(`${at}.methods[${j}]`, 'expected an upper-case method name'));
   return { path, upstream, allow, forwardClaims, methods };
+}
+
+function rules(v: unknown, at: string, pinIssuer: boolean, p: (path: string, problem: string) => void): Rule[] {
+  const list = array(v, `${at}.allow`, p);
+  if (list.length === 0) p(`${at}.allow`, 'expected at least one rule: with no rule no one may pass, so it is refused');
+  return list.map((rule, j) => {
+    for (const [claim, problem] of checkRule(rule, pinIssuer)) p(`${at}.allow[${j}]${claim ? `.${claim}` : ''}`, problem);
+    return rule as Rule;
+  });
+}
+
+/** The fallback only for a missing key: an explicit null is a wrong type, and is reported as one. */
+function or(v: unknown, fallback: unknown): unknown {
+  return v === undefined ? fallback : v;
 }
 
 function object(v: unknown, at: string, known: readonly string[], p: (path: string, problem: string) => void): Json {
@@ -186,7 +219,7 @@ function strings(v: unknown, at: string, p: (path: string, problem: string) => v
 }
 
 function num(o: Json, key: string, fallback: number, min: number, max: number, at: string, p: (path: string, problem: string) => void): number {
-  const v = o[key] ?? fallback;
+  const v = or(o[key], fallback);
   if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) p(`${at}.${key}`, `expected a number from ${min} to ${max}`);
   return Number(v);
 }

@@ -18,6 +18,7 @@ export type TokenReason =
 export type Reason =
   | TokenReason
   | 'claim_mismatch'
+  | 'connect_target_denied'
   | 'bad_request'
   | 'route_unknown'
   | 'method_not_allowed'
@@ -39,6 +40,7 @@ export const STATUS: Readonly<Record<Reason, number>> = {
   audience_mismatch: 401,
   jwks_unavailable: 503,
   claim_mismatch: 403,
+  connect_target_denied: 403,
   bad_request: 400,
   route_unknown: 404,
   method_not_allowed: 405,

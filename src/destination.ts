@@ -1,0 +1,119 @@
+// Where a tunnel or a forward-proxied request may go. Destinations are
+// matched on the literal text the client asked for, never on what it resolves
+// to: dns.lookup reads "127.1", "0x7f.0.0.1" and "2130706433" as 127.0.0.1.
+// The resolved address is then checked on its own.
+import { lookup } from 'node:dns/promises';
+import { BlockList, isIP, isIPv4 } from 'node:net';
+import { networkInterfaces } from 'node:os';
+import { compileGlob, matchGlob } from './policy.js';
+
+export interface Destination {
+  /** Lower-case, without a trailing dot or IPv6 brackets. */
+  readonly host: string;
+  readonly port: number;
+  readonly isIp: boolean;
+}
+
+/** Parses authority-form "host:port" (RFC 9112 §3.2.3): a port is required, userinfo is not allowed. */
+export function parseAuthority(text: string): Destination | undefined {
+  let host: string;
+  let port: string;
+  if (text.startsWith('[')) {
+    const close = text.indexOf(']');
+    if (close < 0 || text[close + 1] !== ':') return undefined;
+    host = text.slice(1, close);
+    port = text.slice(close + 2);
+    if (isIP(host) !== 6) return undefined;
+  } else {
+    const colon = text.lastIndexOf(':');
+    if (colon <= 0) return undefined;
+    host = text.slice(0, colon);
+    port = text.slice(colon + 1);
+  }
+  if (!/^[1-9][0-9]{0,4}$/.test(port) || Number(port) > 65535) return undefined;
+  host = host.toLowerCase();
+  if (host.endsWith('.')) host = host.slice(0, -1);
+  const isIp = isIP(host) !== 0;
+  // Host names: letters, digits, dots, dashes and underscores, in labels of 1 to 63.
+  if (!isIp && (host.length > 253 || !host.split('.').every((l) => /^[a-z0-9_-]{1,63}$/.test(l)))) return undefined;
+  return { host, port: Number(port), isIp };
+}
+
+export interface DestinationMatcher {
+  /** Whether one of the patterns names this destination. */
+  matches(d: Destination): boolean;
+  /** Whether this exact address is listed literally (which overrides the address checks). */
+  listsAddress(address: string): boolean;
+}
+
+/** Compiles "host:port" patterns; `*` in the host stands for any run of characters. IP literals must be listed exactly. */
+export function compileDestinations(patterns: readonly string[]): DestinationMatcher {
+  const compiled = patterns.map((p) => {
+    const colon = p.lastIndexOf(':');
+    const host = stripBrackets(p.slice(0, colon).toLowerCase());
+    return { host, glob: compileGlob(host), port: Number(p.slice(colon + 1)) };
+  });
+  return {
+    matches: (d) => compiled.some((c) => c.port === d.port && (d.isIp ? c.host === d.host : matchGlob(c.glob, d.host))),
+    listsAddress: (address) => compiled.some((c) => c.host === address),
+  };
+}
+
+/** A problem with one `to` pattern from the config, or undefined. */
+export function checkDestinationPattern(p: string): string | undefined {
+  const colon = p.lastIndexOf(':');
+  const port = p.slice(colon + 1);
+  if (colon <= 0 || !/^[1-9][0-9]{0,4}$/.test(port) || Number(port) > 65535) return 'expected host:port with a port from 1 to 65535';
+  const host = stripBrackets(p.slice(0, colon));
+  if (!/^[A-Za-z0-9_.*:-]+$/.test(host) || host.replaceAll('*', '') === '' || host.replaceAll('*', '').replaceAll('.', '') === '') {
+    return 'expected a host name, a pattern such as "*.svc.internal", or an IP address';
+  }
+  return undefined;
+}
+
+// Link-local (cloud metadata services live at 169.254.169.254) and the
+// unspecified addresses, which reach this very host.
+const NEVER = new BlockList();
+NEVER.addSubnet('169.254.0.0', 16, 'ipv4');
+NEVER.addSubnet('fe80::', 10, 'ipv6');
+NEVER.addAddress('0.0.0.0', 'ipv4');
+NEVER.addAddress('::', 'ipv6');
+const LOOPBACK = new BlockList();
+LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
+LOOPBACK.addAddress('::1', 'ipv6');
+
+/**
+ * Whether a resolved address may be dialled: never link-local or unspecified,
+ * and never one of our own listeners (loopback or any local interface), unless
+ * the address is listed literally.
+ */
+export function addressAllowed(address: string, port: number, ownPorts: readonly number[], listed: boolean): boolean {
+  if (listed) return true;
+  const plain = address.startsWith('::ffff:') && isIPv4(address.slice(7)) ? address.slice(7) : address;
+  const family = isIPv4(plain) ? 'ipv4' : 'ipv6';
+  if (NEVER.check(plain, family)) return false;
+  if (!ownPorts.includes(port)) return true;
+  if (LOOPBACK.check(plain, family)) return false;
+  return !Object.values(networkInterfaces()).some((list) => list?.some((i) => i.address === plain));
+}
+
+export type Resolved = { readonly address: string } | { readonly reason: 'connect_target_denied' | 'upstream_unreachable' | 'upstream_timeout' };
+
+/** Resolves an admitted destination once and checks the address; the tunnel dials that address, not the name again. */
+export async function resolveDestination(d: Destination, m: DestinationMatcher, ownPorts: readonly number[], timeoutMs: number): Promise<Resolved> {
+  let address = d.host;
+  if (!d.isIp) {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<'timeout'>((resolve) => (timer = setTimeout(resolve, timeoutMs, 'timeout')));
+    const found = await Promise.race([lookup(d.host).then((a) => a.address, () => undefined), timeout]);
+    clearTimeout(timer);
+    if (found === 'timeout') return { reason: 'upstream_timeout' };
+    if (found === undefined) return { reason: 'upstream_unreachable' };
+    address = found;
+  }
+  return addressAllowed(address, d.port, ownPorts, m.listsAddress(address)) ? { address } : { reason: 'connect_target_denied' };
+}
+
+function stripBrackets(host: string): string {
+  return host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
+}

@@ -1,0 +1,87 @@
+// A CONNECT tunnel to an admitted destination: dial, answer 200 only once the
+// upstream socket is connected, then pipe both ways with half-close, and
+// destroy both sides on any error. The caller has already verified the token
+// and the destination; this module owns the sockets and the byte counts.
+import { connect, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { Reason } from './errors.js';
+
+export interface TunnelOptions {
+  readonly address: string;
+  readonly port: number;
+  readonly connectTimeoutMs: number;
+  /** Silence in both directions for this long closes the tunnel. */
+  readonly idleMs: number;
+  /** Epoch ms at which the tunnel is closed whatever it is doing (lifetime cap, token expiry), if any. */
+  readonly closeAt?: number;
+}
+
+export interface TunnelOutcome {
+  /** Set when the tunnel could not be opened; the caller still owes the client an answer. */
+  readonly reason?: Reason;
+  readonly established: boolean;
+  /** Why an established tunnel ended: client, upstream, idle, deadline, shutdown, error. */
+  readonly closedBy?: string;
+  readonly bytesUp: number;
+  readonly bytesDown: number;
+}
+
+export interface Tunnel {
+  readonly done: Promise<TunnelOutcome>;
+  /** Ends the tunnel now (shutdown). */
+  close(): void;
+}
+
+export function openTunnel(client: Duplex, head: Buffer, o: TunnelOptions): Tunnel {
+  let settle!: (outcome: TunnelOutcome) => void;
+  const done = new Promise<TunnelOutcome>((resolve) => (settle = resolve));
+  let established = false;
+  let bytesUp = 0;
+  let bytesDown = 0;
+  let closedBy: string | undefined;
+  let finished = false;
+  const timers: ReturnType<typeof setTimeout>[] = [];
+
+  const upstream: Socket = connect({ host: o.address, port: o.port, allowHalfOpen: true });
+  const end = (why: string, reason?: Reason) => {
+    if (finished) return;
+    finished = true;
+    closedBy ??= why;
+    for (const t of timers) clearTimeout(t);
+    upstream.destroy();
+    if (established) client.destroy();
+    settle({ reason, established, closedBy, bytesUp, bytesDown });
+  };
+
+  timers.push(setTimeout(() => end('connect_timeout', 'upstream_timeout'), o.connectTimeoutMs));
+  upstream.once('error', () => end(established ? 'upstream' : 'refused', established ? 'upstream_reset' : 'upstream_unreachable'));
+  client.once('error', () => end('client', established ? 'client_aborted' : undefined));
+  client.once('close', () => (established ? end('client') : end('client', 'client_aborted')));
+
+  upstream.once('connect', () => {
+    clearTimeout(timers.shift());
+    established = true;
+    client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+    if (head.length > 0) {
+      bytesUp += head.length;
+      upstream.write(head);
+    }
+    client.on('data', (chunk: Buffer) => (bytesUp += chunk.length));
+    upstream.on('data', (chunk: Buffer) => (bytesDown += chunk.length));
+    // pipe() carries backpressure and, with allowHalfOpen, one side's FIN to the other.
+    client.pipe(upstream);
+    upstream.pipe(client);
+    let ended = 0;
+    const halfClosed = () => ++ended === 2 && end(closedBy ?? 'client');
+    client.once('end', halfClosed);
+    upstream.once('end', () => {
+      closedBy ??= 'upstream';
+      halfClosed();
+    });
+    upstream.once('close', () => end(closedBy ?? 'upstream'));
+    upstream.setTimeout(o.idleMs, () => end('idle'));
+    if (o.closeAt !== undefined) timers.push(setTimeout(() => end('deadline'), Math.max(0, o.closeAt - Date.now())));
+  });
+
+  return { done, close: () => end('shutdown') };
+}
