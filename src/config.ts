@@ -108,7 +108,7 @@ export function parseConfig(input: unknown): ConfigResult {
   const tok = object(or(root.token, {}), 'token', ['header', 'clockSkewSeconds', 'maxAgeSeconds', 'maxBytes'], p);
   const header = or(tok.header, DEFAULTS.token.header);
   if (typeof header !== 'string' || !isToken(header)) p('token.header', 'expected an HTTP header name');
-  if (typeof header === 'string' && ['host', 'connection', 'content-length', 'transfer-encoding'].includes(header.toLowerCase())) p('token.header', 'must not be a framing header');
+  if (typeof header === 'string' && RESERVED_HEADER(header.toLowerCase())) p('token.header', 'must not be a header the gateway reads or sets itself');
   const token = {
     header: String(header).toLowerCase(),
     clockSkewSeconds: num(tok, 'clockSkewSeconds', DEFAULTS.token.clockSkewSeconds, 0, 600, 'token', p),
@@ -118,7 +118,7 @@ export function parseConfig(input: unknown): ConfigResult {
   const k = object(or(root.keys, {}), 'keys', ['fetchTimeoutMs', 'cooldownMs', 'staleIfErrorMs'], p);
   const keys = {
     fetchTimeoutMs: num(k, 'fetchTimeoutMs', DEFAULTS.keys.fetchTimeoutMs, 100, 60_000, 'keys', p),
-    cooldownMs: num(k, 'cooldownMs', DEFAULTS.keys.cooldownMs, 0, 3_600_000, 'keys', p),
+    cooldownMs: num(k, 'cooldownMs', DEFAULTS.keys.cooldownMs, 1_000, 3_600_000, 'keys', p),
     staleIfErrorMs: num(k, 'staleIfErrorMs', DEFAULTS.keys.staleIfErrorMs, 0, 7 * 86_400_000, 'keys', p),
   };
   const t = object(or(root.timeouts, {}), 'timeouts', Object.keys(DEFAULTS.timeouts), p);
@@ -187,6 +187,11 @@ function rules(v: unknown, at: string, pinIssuer: boolean, p: (path: string, pro
     return rule as Rule;
   });
 }
+
+// Headers with a meaning of their own to HTTP or to us cannot also carry the token.
+const RESERVED_HEADER = (h: string) =>
+  ['host', 'connection', 'content-length', 'transfer-encoding', 'keep-alive', 'te', 'trailer', 'upgrade', 'expect', 'cookie',
+    'authorization', 'forwarded', 'x-request-id'].includes(h) || h.startsWith('proxy-') || h.startsWith('x-forwarded-') || h.startsWith('x-oidc-');
 
 /** The fallback only for a missing key: an explicit null is a wrong type, and is reported as one. */
 function or(v: unknown, fallback: unknown): unknown {

@@ -65,36 +65,37 @@ export function checkDestinationPattern(p: string): string | undefined {
   const port = p.slice(colon + 1);
   if (colon <= 0 || !/^[1-9][0-9]{0,4}$/.test(port) || Number(port) > 65535) return 'expected host:port with a port from 1 to 65535';
   const host = stripBrackets(p.slice(0, colon));
-  if (!/^[A-Za-z0-9_.*:-]+$/.test(host) || host.replaceAll('*', '') === '' || host.replaceAll('*', '').replaceAll('.', '') === '') {
-    return 'expected a host name, a pattern such as "*.svc.internal", or an IP address';
+  // "*" only as a whole leftmost label: "db*:5432" would admit db.attacker.example, which resolves anywhere.
+  const rest = host.startsWith('*.') ? host.slice(2) : host;
+  const literal = isIP(rest) === 6 ? `[${rest}]` : rest;
+  if (rest.includes('*') || (rest !== host && isIP(rest) !== 0) || !parseAuthority(`${literal}:1`)) {
+    return 'expected a host name, an IP address, or "*." and a domain such as "*.svc.internal"';
   }
   return undefined;
 }
 
-// Link-local (cloud metadata services live at 169.254.169.254) and the
-// unspecified addresses, which reach this very host.
+// Addresses a DNS answer must never turn an allowed name into: link-local
+// (cloud metadata at 169.254.169.254, fe80::/10), other clouds' metadata
+// services, loopback, and the unspecified addresses, which reach this host.
 const NEVER = new BlockList();
 NEVER.addSubnet('169.254.0.0', 16, 'ipv4');
-NEVER.addSubnet('fe80::', 10, 'ipv6');
+NEVER.addSubnet('127.0.0.0', 8, 'ipv4');
 NEVER.addAddress('0.0.0.0', 'ipv4');
+NEVER.addAddress('100.100.100.200', 'ipv4');
+NEVER.addSubnet('fe80::', 10, 'ipv6');
+NEVER.addAddress('::1', 'ipv6');
 NEVER.addAddress('::', 'ipv6');
-const LOOPBACK = new BlockList();
-LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
-LOOPBACK.addAddress('::1', 'ipv6');
+NEVER.addAddress('fd00:ec2::254', 'ipv6');
 
 /**
- * Whether a resolved address may be dialled: never link-local or unspecified,
- * and never one of our own listeners (loopback or any local interface), unless
- * the address is listed literally.
+ * Whether a resolved address may be dialled: never one of the above, and never
+ * one of our own listeners on a local interface, unless listed literally.
  */
 export function addressAllowed(address: string, port: number, ownPorts: readonly number[], listed: boolean): boolean {
   if (listed) return true;
   const plain = address.startsWith('::ffff:') && isIPv4(address.slice(7)) ? address.slice(7) : address;
-  const family = isIPv4(plain) ? 'ipv4' : 'ipv6';
-  if (NEVER.check(plain, family)) return false;
-  if (!ownPorts.includes(port)) return true;
-  if (LOOPBACK.check(plain, family)) return false;
-  return !Object.values(networkInterfaces()).some((list) => list?.some((i) => i.address === plain));
+  if (NEVER.check(plain, isIPv4(plain) ? 'ipv4' : 'ipv6')) return false;
+  return !ownPorts.includes(port) || !Object.values(networkInterfaces()).some((list) => list?.some((i) => i.address === plain));
 }
 
 export type Resolved = { readonly address: string } | { readonly reason: 'connect_target_denied' | 'upstream_unreachable' | 'upstream_timeout' };

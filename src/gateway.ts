@@ -1,17 +1,18 @@
 // Wires one request through the steps, in one direction only:
-//   target → route → token → verify (keys) → policy → proxy → one audit line.
-// Nothing reaches the upstream before every step has said yes.
-import { randomUUID } from 'node:crypto';
+//   target → route or destination → token → verify (keys) → policy → proxy or
+//   tunnel → one audit line. Nothing is contacted before every step said yes.
 import type { Agent, IncomingMessage, ServerResponse } from 'node:http';
 import { BlockList, isIPv4 } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { identityOf, type Log } from './audit.js';
 import type { GatewayConfig, RouteConfig } from './config.js';
-import { STATUS, type Reason } from './errors.js';
+import { beginExchange } from './exchange.js';
 import { inspectHead, upstreamHeaders } from './headers.js';
 import { createKeySet, type KeySet } from './jwks.js';
-import { createTokenVerifier } from './jwt.js';
+import { createTokenVerifier, type Verification } from './jwt.js';
 import { compilePolicy, evaluate, type Policy } from './policy.js';
 import { createAgent, forward, type ProxyTimeouts } from './proxy.js';
+import { createProxyMode } from './proxymode.js';
 import { createRouter, parseTarget } from './router.js';
 
 export interface GatewayOptions {
@@ -23,10 +24,15 @@ export interface GatewayOptions {
 export interface Gateway {
   /** Serves one request. Mount on 'request'; on 'checkContinue' pass `true` so 100 Continue waits for the verdict. */
   handle(req: IncomingMessage, res: ServerResponse, expectsContinue?: boolean): void;
+  /** Serves one CONNECT request (mount on 'connect'). */
+  connect(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  /** Tells the gateway its own bound ports, which no tunnel may reach. */
+  listening(ports: readonly number[]): void;
   /** Serves /healthz and /readyz, for the admin listener. */
   admin(req: IncomingMessage, res: ServerResponse): void;
   /** Fetches every issuer's keys and keeps them fresh. Resolves when each has tried once. */
   start(): Promise<void>;
+  /** Stops key refreshes, closes open tunnels and upstream connection pools. */
   stop(): void;
   ready(): boolean;
 }
@@ -62,22 +68,22 @@ export function createGateway(config: GatewayConfig, opts: GatewayOptions = {}):
   };
   const tokenHeader = config.token.header;
   const ready = () => [...keySets.values()].every((k) => k.status().usable);
+  const proxyMode = createProxyMode({ tunnels: config.tunnels, tokenHeader, timeouts, log, authenticate, isTrusted });
+
+  async function authenticate(token: string | undefined): Promise<Verification> {
+    if (token === undefined) return { ok: false, reason: 'token_malformed' };
+    return token === '' ? { ok: false, reason: 'token_missing' } : verify(token);
+  }
 
   async function handle(req: IncomingMessage, res: ServerResponse, expectsContinue = false): Promise<void> {
-    const id = randomUUID();
-    const started = performance.now();
-    const client = peerAddress(req);
-    const entry: Record<string, unknown> = { kind: 'request', id, method: req.method, client };
-    const finish = (status: number, reason?: Reason, extra?: Record<string, unknown>) =>
-      log({ ...entry, status, decision: reason ? 'deny' : 'allow', reason, ...extra, ms: Math.round((performance.now() - started) * 10) / 10 });
-    const refuse = (reason: Reason, extra?: Record<string, unknown>) => {
-      reply(res, id, reason, head.hasBody);
-      finish(STATUS[reason], reason, extra);
-    };
-
+    const ex = beginExchange(req, res, log, 'request');
+    const { entry, refuse } = ex;
     const head = inspectHead(req.rawHeaders, tokenHeader);
+    ex.bodyPending = head.hasBody;
+    if (head.framing) return refuse('bad_request', { detail: head.framing });
+    if (config.tunnels.length > 0 && req.url?.startsWith('http://')) return proxyMode.forward(req, res, ex, head, expectsContinue);
     const target = parseTarget(req.url ?? '');
-    if (!target || head.framing) return refuse('bad_request', { detail: head.framing ?? 'unsafe request target' });
+    if (!target) return refuse('bad_request', { detail: 'unsafe request target' });
     entry.path = target.path;
     const routed = route(target.path);
     if (!routed) return refuse('route_unknown');
@@ -87,9 +93,7 @@ export function createGateway(config: GatewayConfig, opts: GatewayOptions = {}):
       res.setHeader('allow', r.methods.join(', '));
       return refuse('method_not_allowed');
     }
-    if (head.token === undefined) return refuse('token_malformed', { detail: 'repeated token header' });
-    if (head.token === '') return refuse('token_missing');
-    const verified = await verify(head.token);
+    const verified = await authenticate(head.token);
     if (!verified.ok) return refuse(verified.reason);
     entry.identity = identityOf(verified.claims);
     const decision = evaluate(r.policy, verified.claims);
@@ -97,7 +101,7 @@ export function createGateway(config: GatewayConfig, opts: GatewayOptions = {}):
     entry.rule = decision.rule;
 
     if (expectsContinue) res.writeContinue();
-    const outcome = await forward(req, res, {
+    ex.settle(await forward(req, res, {
       upstream: r.upstream,
       agent: r.agent,
       path: routed.upstreamPath + target.query,
@@ -107,15 +111,13 @@ export function createGateway(config: GatewayConfig, opts: GatewayOptions = {}):
         upstreamHost: r.upstream.host,
         claims: verified.claims,
         forwardClaims: r.forwardClaims,
-        clientIp: client,
-        trustedPeer: isTrusted(client),
-        requestId: id,
+        clientIp: ex.client,
+        trustedPeer: isTrusted(ex.client),
+        requestId: ex.id,
+        bodyFraming: head.bodyFraming,
       }),
-    });
-    const counts = { upstreamStatus: outcome.upstreamStatus, bytesIn: outcome.bytesIn, bytesOut: outcome.bytesOut };
-    if (outcome.reason && !outcome.headSent) return refuse(outcome.reason, counts);
-    // After the head was sent a failure can only be logged: the status the client saw is the upstream's.
-    finish(outcome.upstreamStatus ?? 502, outcome.reason, counts);
+      hasBody: head.hasBody,
+    }));
   }
 
   function isTrusted(ip: string): boolean {
@@ -127,10 +129,17 @@ export function createGateway(config: GatewayConfig, opts: GatewayOptions = {}):
       handle(req, res, expectsContinue).catch((err: unknown) => {
         // A bug, not a client's fault: answer 502 if we still can, and say so in the log.
         log({ kind: 'error', detail: err instanceof Error ? err.message : String(err) });
-        if (!res.headersSent) reply(res, '', 'upstream_unreachable', true);
-        else res.destroy();
+        if (res.headersSent) res.destroy();
+        else res.writeHead(502, { 'content-type': 'application/json', connection: 'close' }).end('{"error":"upstream_unreachable","id":""}');
       });
     },
+    connect(req, socket, head) {
+      proxyMode.connect(req, socket, head).catch((err: unknown) => {
+        log({ kind: 'error', detail: err instanceof Error ? err.message : String(err) });
+        socket.destroy();
+      });
+    },
+    listening: (ports) => proxyMode.listening(ports),
     admin(req, res) {
       const path = (req.url ?? '').split('?')[0];
       const body = (status: number, value: unknown) => {
@@ -148,29 +157,8 @@ export function createGateway(config: GatewayConfig, opts: GatewayOptions = {}):
     stop() {
       for (const k of keySets.values()) k.stop();
       for (const r of routes) r.agent.destroy();
+      proxyMode.stop();
     },
     ready,
   };
-}
-
-/** The peer's address, with IPv4-mapped IPv6 written as plain IPv4. */
-function peerAddress(req: IncomingMessage): string {
-  const a = req.socket.remoteAddress ?? '';
-  return a.startsWith('::ffff:') && isIPv4(a.slice(7)) ? a.slice(7) : a;
-}
-
-/** The only error answer: status, reason and request id. Never a claim value, never the token. */
-function reply(res: ServerResponse, id: string, reason: Reason, bodyPending: boolean): void {
-  if (res.headersSent) return void res.destroy();
-  const status = STATUS[reason];
-  const headers: Record<string, string> = { 'content-type': 'application/json', 'cache-control': 'no-store' };
-  if (status === 401) {
-    // RFC 6750 §3.1: no error code when no credentials were sent at all.
-    headers['www-authenticate'] = reason === 'token_missing' ? 'Bearer realm="oidc-gateway"' : 'Bearer realm="oidc-gateway", error="invalid_token"';
-  }
-  if (status === 503) headers['retry-after'] = '5';
-  // A refused body is not read: close the connection instead of draining it.
-  if (bodyPending) headers.connection = 'close';
-  res.writeHead(status, headers);
-  res.end(JSON.stringify({ error: reason, id }));
 }

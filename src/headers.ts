@@ -11,6 +11,8 @@ const HOP_BY_HOP = new Set([
   'te', 'trailer', 'transfer-encoding', 'upgrade',
 ]);
 
+const FRAMING = new Set(['content-length', 'transfer-encoding', 'host']);
+
 export interface InboundHead {
   /** Why the request cannot be forwarded safely, if it cannot. */
   readonly framing?: string;
@@ -20,6 +22,8 @@ export interface InboundHead {
   readonly proxyToken: string | undefined;
   /** Whether a body follows the head. */
   readonly hasBody: boolean;
+  /** How the body is framed: we set the outgoing framing ourselves, never copy it. */
+  readonly bodyFraming: { readonly chunked: true } | { readonly length: string } | undefined;
 }
 
 /**
@@ -29,7 +33,7 @@ export interface InboundHead {
  */
 export function inspectHead(raw: readonly string[], tokenHeader: string): InboundHead {
   let hosts = 0, lengths = 0, encodings = 0, tokens = 0, proxyAuths = 0;
-  let encoding = '', length = '', token = '', proxyAuth = '';
+  let encoding = '', length = '', token = '', proxyAuth = '', connection = '';
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toLowerCase();
     const value = raw[i + 1]!;
@@ -38,14 +42,18 @@ export function inspectHead(raw: readonly string[], tokenHeader: string): Inboun
     else if (name === 'transfer-encoding') (encodings++, (encoding = value));
     else if (name === tokenHeader) (tokens++, (token = value));
     else if (name === 'proxy-authorization') (proxyAuths++, (proxyAuth = value));
+    else if (name === 'connection') connection += `,${value.toLowerCase()}`;
   }
   let framing: string | undefined;
   if (hosts > 1) framing = 'repeated Host';
   else if (lengths > 1) framing = 'repeated Content-Length';
   else if (encodings > 1 || (encodings === 1 && encoding.toLowerCase() !== 'chunked')) framing = 'Transfer-Encoding other than chunked';
   else if (encodings === 1 && lengths === 1) framing = 'both Content-Length and Transfer-Encoding';
-  const hasBody = encodings === 1 || (lengths === 1 && length !== '0');
-  return { framing, token: tokens > 1 ? undefined : bearer(token), proxyToken: proxyAuths > 1 ? undefined : proxyCredential(proxyAuth), hasBody };
+  // Naming a framing header in Connection asks the next hop to lose the body's framing (RFC 9110 §7.6.1).
+  else if (connection.split(',').some((n) => FRAMING.has(n.trim()))) framing = 'Connection names a framing header';
+  const bodyFraming = encodings === 1 ? { chunked: true as const } : lengths === 1 && length !== '0' ? { length } : undefined;
+  const proxyToken = proxyAuths > 1 ? undefined : proxyCredential(proxyAuth);
+  return { framing, token: tokens > 1 ? undefined : bearer(token), proxyToken, hasBody: bodyFraming !== undefined, bodyFraming };
 }
 
 // `HTTPS_PROXY=http://x:$TOKEN@gateway:8000` makes curl, git, npm and pip send Basic (RFC 7617).
@@ -90,6 +98,7 @@ export interface UpstreamHeadOptions {
   /** Whether the peer is a trusted proxy whose X-Forwarded-* we keep. */
   readonly trustedPeer: boolean;
   readonly requestId: string;
+  readonly bodyFraming: InboundHead['bodyFraming'];
 }
 
 /** The head sent upstream, built from the client's raw head and our own additions. */
@@ -100,15 +109,20 @@ export function upstreamHeaders(raw: readonly string[], o: UpstreamHeadOptions):
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toLowerCase();
     const value = raw[i + 1]!;
+    if (name === o.tokenHeader || name === 'content-length') continue;
     if (name === 'host') host = value;
     if (o.trustedPeer && name === 'x-forwarded-for') forwardedFor = forwardedFor ? `${forwardedFor}, ${value}` : value;
     if (o.trustedPeer && name === 'x-forwarded-proto') forwardedProto ||= value;
     if (o.trustedPeer && name === 'x-forwarded-host') forwardedHost ||= value;
-    if (drop.has(name) || name === o.tokenHeader || name === 'host' || name === 'expect' || name === 'x-request-id') continue;
+    if (drop.has(name) || name === 'host' || name === 'expect' || name === 'x-request-id') continue;
     // Identity and forwarding headers are ours alone: a client cannot pre-set them.
     if (name.startsWith('x-oidc-') || name.startsWith('x-forwarded-') || name === 'forwarded') continue;
     append(out, name, value);
   }
+  // The body's framing is ours to state, from what the parser framed: a GET whose
+  // chunked body lost its Transfer-Encoding would reach the upstream as a second request.
+  if (o.bodyFraming && 'chunked' in o.bodyFraming) out['transfer-encoding'] = 'chunked';
+  else if (o.bodyFraming) out['content-length'] = o.bodyFraming.length;
   out.host = o.upstreamHost;
   out['x-forwarded-for'] = forwardedFor ? `${forwardedFor}, ${o.clientIp}` : o.clientIp;
   out['x-forwarded-proto'] = forwardedProto || 'http';

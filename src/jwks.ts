@@ -103,7 +103,9 @@ export function createKeySet(opts: KeySetOptions): KeySet {
       const { body } = await getJson(`${base}/.well-known/openid-configuration`);
       const doc = isObject(body) ? body : {};
       if (doc.issuer !== issuer) throw new Error('discovery document names another issuer');
-      const problem = typeof doc.jwks_uri === 'string' ? checkKeyUrl(doc.jwks_uri) : 'missing';
+      let problem = typeof doc.jwks_uri === 'string' ? checkKeyUrl(doc.jwks_uri) : 'missing';
+      // An https issuer's document may not send us to plain http, loopback or not.
+      if (!problem && issuer.startsWith('https:') && !String(doc.jwks_uri).startsWith('https:')) problem = 'expected https';
       if (problem) throw new Error(`discovery jwks_uri: ${problem}`);
       jwksUri = doc.jwks_uri as string;
     }
@@ -178,9 +180,10 @@ export function createKeySet(opts: KeySetOptions): KeySet {
     timer = setTimeout(() => {
       void refresh().then((ok) => {
         const t = now();
-        const nextDelay = ok || usable(t)
+        // After a failure, back off (1 s, 2 s, 4 s ... up to the cooldown) whether or not stale keys still serve.
+        const nextDelay = ok
           ? Math.max(1_000, lastGoodFetch! + (expiresAt - lastGoodFetch!) * 0.8 - t)
-          : Math.min(1_000 * 2 ** failures, cooldownMs);
+          : Math.min(1_000 * 2 ** failures, Math.max(cooldownMs, 1_000));
         schedule(nextDelay, ok ? 0 : failures + 1);
       });
     }, delayMs);

@@ -22,6 +22,8 @@ export interface ForwardOptions {
   readonly path: string;
   readonly headers: OutgoingHttpHeaders;
   readonly timeouts: ProxyTimeouts;
+  /** Whether the request has a body to stream; without one the upstream request ends at once. */
+  readonly hasBody: boolean;
 }
 
 export interface ForwardOutcome {
@@ -92,11 +94,19 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
     });
     req.on('data', (chunk: Buffer) => (bytesIn += chunk.length));
     req.on('error', () => out.destroy());
-    req.pipe(out);
+    if (o.hasBody) req.pipe(out);
+    else out.end();
+    // A client that left while its token was being verified is not forwarded at all.
+    if (res.destroyed) giveUp('client_aborted')();
 
     out.on('response', (upstreamRes) => {
       clearTimeout(timer);
       upstreamStatus = upstreamRes.statusCode ?? 502;
+      // We strip Upgrade, so a 1xx as the final answer is a broken or hostile upstream.
+      if (upstreamStatus < 200) {
+        upstreamRes.destroy();
+        return settle('upstream_unreachable');
+      }
       try {
         res.writeHead(upstreamStatus, downstreamHeaders(upstreamRes.rawHeaders));
         headSent = true;

@@ -9,6 +9,8 @@ export interface Target {
   readonly query: string;
 }
 
+const UNRESERVED = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~';
+
 /** Splits an origin-form target (RFC 9112 §3.2.1) and refuses anything that could climb or confuse. */
 export function parseTarget(url: string): Target | undefined {
   if (url.length === 0 || url[0] !== '/' || url.startsWith('//')) return undefined;
@@ -24,12 +26,16 @@ export function parseTarget(url: string): Target | undefined {
     if (!/^[0-9a-f]{2}$/.test(hex)) return undefined;
     // Encoded dot, slash, backslash or control byte: an upstream may decode it into a traversal.
     if (hex === '2e' || hex === '2f' || hex === '5c' || hex === '7f' || hex < '20') return undefined;
+    // An encoded unreserved character (RFC 3986 §2.3) or "%" itself: "/%61dmin" or "/%2561dmin"
+    // would miss the /admin route here and still reach /admin upstream, which decodes.
+    if (hex === '25' || UNRESERVED.includes(String.fromCharCode(parseInt(hex, 16)))) return undefined;
   }
+  // Path parameters: servlet containers read "/admin;x/secret" as "/admin/secret".
+  if (path.includes(';')) return undefined;
   const segments = path.split('/');
   for (let i = 1; i < segments.length; i++) {
-    // Tomcat and Jetty read "..;x" as "..": a path parameter does not make a dot segment safe.
-    const s = segments[i]!.split(';')[0];
-    if (s === '.' || s === '..' || (segments[i] === '' && i < segments.length - 1)) return undefined;
+    const s = segments[i];
+    if (s === '.' || s === '..' || (s === '' && i < segments.length - 1)) return undefined;
   }
   return { path, query: q < 0 ? '' : url.slice(q) };
 }

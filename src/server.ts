@@ -29,6 +29,7 @@ export function createListeners(gateway: Gateway, config: GatewayConfig): Listen
   publicServer.timeout = config.timeouts.idleMs;
   publicServer.on('request', (req, res) => gateway.handle(req, res));
   publicServer.on('checkContinue', (req, res) => gateway.handle(req, res, true));
+  publicServer.on('connect', (req, socket, head) => gateway.connect(req, socket, head));
   // A malformed head never reaches a handler: answer 400 and close.
   publicServer.on('clientError', (err: NodeJS.ErrnoException, socket) => {
     if (!socket.writable) return void socket.destroy();
@@ -54,6 +55,7 @@ export function createListeners(gateway: Gateway, config: GatewayConfig): Listen
     async listen() {
       const port = await bind(publicServer, config.listen.host, config.listen.port);
       const adminPort = await bind(adminServer, config.admin.host, config.admin.port);
+      gateway.listening([port, adminPort]);
       return { port, adminPort };
     },
     async close(drainMs) {
@@ -61,6 +63,8 @@ export function createListeners(gateway: Gateway, config: GatewayConfig): Listen
       // server.close() waits for keep-alive sockets: close the idle ones as in-flight exchanges end.
       const sweep = setInterval(() => publicServer.closeIdleConnections(), 100);
       const deadline = setTimeout(() => {
+        // CONNECT sockets are not the HTTP server's to close: the gateway ends its tunnels.
+        gateway.stop();
         publicServer.closeAllConnections();
         adminServer.closeAllConnections();
       }, drainMs);

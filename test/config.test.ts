@@ -78,7 +78,7 @@ test('a full config with every optional field is valid and read as written', () 
       { issuer: GHES, audience: 'ghes', jwksUri: 'https://ghes.example.com/_services/token/.well-known/jwks' },
     ],
     token: { header: 'X-Gateway-Token', clockSkewSeconds: 0, maxAgeSeconds: 600, maxBytes: 4096 },
-    keys: { fetchTimeoutMs: 2_000, cooldownMs: 0, staleIfErrorMs: 0 },
+    keys: { fetchTimeoutMs: 2_000, cooldownMs: 1_000, staleIfErrorMs: 0 },
     timeouts: { upstreamConnectMs: 1_000, upstreamHeadMs: 2_000, idleMs: 3_000, clientHeadersMs: 4_000 },
     trustedProxies: ['10.0.0.0/8', '192.168.1.1', 'fd00::/8', '::1'],
     routes: [
@@ -160,7 +160,7 @@ const INVALID: [what: string, change: (c: Json) => void, problems: string[]][] =
   ['token.maxAgeSeconds 0', (c) => (c.token = { maxAgeSeconds: 0 }), ['token.maxAgeSeconds: expected a number from 1 to 86400']],
   ['token.maxBytes 100', (c) => (c.token = { maxBytes: 100 }), ['token.maxBytes: expected a number from 1024 to 65536']],
   ['keys.fetchTimeoutMs 0', (c) => (c.keys = { fetchTimeoutMs: 0 }), ['keys.fetchTimeoutMs: expected a number from 100 to 60000']],
-  ['keys.cooldownMs as a string', (c) => (c.keys = { cooldownMs: '30s' }), ['keys.cooldownMs: expected a number from 0 to 3600000']],
+  ['keys.cooldownMs as a string', (c) => (c.keys = { cooldownMs: '30s' }), ['keys.cooldownMs: expected a number from 1000 to 3600000']],
   ['timeouts.upstreamHeadMs as a string', (c) => (c.timeouts = { upstreamHeadMs: '30s' }), ['timeouts.upstreamHeadMs: expected a number from 10 to 3600000']],
   ['timeouts.idleMs 0', (c) => (c.timeouts = { idleMs: 0 }), ['timeouts.idleMs: expected a number from 10 to 86400000']],
   ['trustedProxies as a number', (c) => (c.trustedProxies = 10), ['trustedProxies: expected a string or an array of strings']],
@@ -264,7 +264,7 @@ const INVALID: [what: string, change: (c: Json) => void, problems: string[]][] =
 
   // the token header
   ...['host', 'Host', 'HOST', 'content-length', 'transfer-encoding', 'connection'].map(
-    (header): [string, (c: Json) => void, string[]] => [`token.header "${header}"`, (c) => (c.token = { header }), ['token.header: must not be a framing header']],
+    (header): [string, (c: Json) => void, string[]] => [`token.header "${header}"`, (c) => (c.token = { header }), ['token.header: must not be a header the gateway reads or sets itself']],
   ),
 ];
 
@@ -335,7 +335,7 @@ test('parseConfig reports several problems at once, each with its own path', () 
     'issuers[0].issuer: expected https (plain http only to a loopback host)',
     'issuers[0].audience: expected a non-empty string or array of them',
     'issuers[1]: give jwksUri or jwksFile, not both',
-    'token.header: must not be a framing header',
+    'token.header: must not be a header the gateway reads or sets itself',
     'trustedProxies[0]: expected a prefix length from 0 to 32',
     `routes[0].path: ${PATH}`,
     'routes[0].upstream: expected an http or https URL',

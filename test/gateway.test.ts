@@ -262,6 +262,35 @@ test('a request smuggled behind an admitted one never reaches the upstream', asy
   assert.equal(upstream.requests.length, 0);
 });
 
+test('a body on a GET, HEAD, OPTIONS or DELETE keeps its framing upstream and is never read there as a second request', async () => {
+  const smuggled = 'GET /admin/secret HTTP/1.1\r\nHost: upstream\r\nx-oidc-repository: octo-org/prod\r\n\r\n';
+  const chunk = `${smuggled.length.toString(16)}\r\n${smuggled}\r\n0\r\n\r\n`;
+  for (const method of ['GET', 'HEAD', 'OPTIONS', 'DELETE']) {
+    upstream.reset();
+    const raw = `${method} /artifacts/x HTTP/1.1\r\nHost: gw\r\ngateway-authorization: ${token()}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${chunk}`;
+    const answer = await rawExchange(gw.port, raw);
+    assert.equal(statusOf(answer), 200, method);
+    assert.deepEqual(upstream.requests.map((r) => r.url), ['/store/x'], `${method}: exactly one request reached the upstream`);
+    assert.equal(upstream.requests[0]!.body.toString(), smuggled, `${method}: the body arrived as a body`);
+  }
+});
+
+test('a Connection header naming a framing header is refused, so no hop can lose the body framing', async () => {
+  for (const named of ['content-length', 'Transfer-Encoding', 'host']) {
+    const raw = `POST /artifacts/x HTTP/1.1\r\nHost: gw\r\ngateway-authorization: ${token()}\r\nContent-Length: 5\r\nConnection: keep-alive, ${named}\r\n\r\nhello`;
+    const answer = await untouched(() => rawExchange(gw.port, raw));
+    assert.equal(statusOf(answer), 400, named);
+  }
+});
+
+test('a percent-encoded letter, a double encoding or a path parameter cannot dodge a route', async () => {
+  const t = token();
+  for (const target of ['/artifacts/%61dmin/x', '/artifacts/%2561dmin/x', '/artifacts/admin;x/secret']) {
+    const answer = await untouched(() => rawExchange(gw.port, `GET ${target} HTTP/1.1\r\nHost: gw\r\ngateway-authorization: ${t}\r\nconnection: close\r\n\r\n`));
+    assert.equal(statusOf(answer), 400, target);
+  }
+});
+
 test('no log line carries a token, and every line is JSON', () => {
   const text = gw.process.stdout();
   for (const line of text.split('\n').filter(Boolean)) JSON.parse(line);

@@ -1,0 +1,138 @@
+// Proxy mode: CONNECT tunnels and absolute-form (plain-HTTP) forward proxying,
+// both admitted by the `tunnels` rules. A destination needs an entry whose
+// `to` names it AND one of that entry's allow rules admitting the token.
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { identityOf, type Log } from './audit.js';
+import type { TunnelConfig } from './config.js';
+import { compileDestinations, parseAuthority, resolveDestination, type Destination, type DestinationMatcher } from './destination.js';
+import { beginExchange, type Exchange } from './exchange.js';
+import { inspectHead, upstreamHeaders, type InboundHead } from './headers.js';
+import type { Claims, Verification } from './jwt.js';
+import { compilePolicy, evaluate, type Policy } from './policy.js';
+import { createAgent, forward, type ProxyTimeouts } from './proxy.js';
+import { parseTarget } from './router.js';
+import { openTunnel, type Tunnel } from './tunnel.js';
+
+export interface ProxyModeOptions {
+  readonly tunnels: readonly TunnelConfig[];
+  readonly tokenHeader: string;
+  readonly timeouts: ProxyTimeouts;
+  readonly log: Log;
+  readonly authenticate: (token: string | undefined) => Promise<Verification>;
+  readonly isTrusted: (ip: string) => boolean;
+}
+
+export interface ProxyMode {
+  /** Serves an absolute-form request (`GET http://host:port/x`). */
+  forward(req: IncomingMessage, res: ServerResponse, ex: Exchange, head: InboundHead, expectsContinue: boolean): Promise<void>;
+  /** Serves a CONNECT request. */
+  connect(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void>;
+  /** Our own bound ports, which no destination may reach. */
+  listening(ports: readonly number[]): void;
+  /** Closes every open tunnel and the forward connection pool. */
+  stop(): void;
+}
+
+interface LiveTunnel extends TunnelConfig {
+  readonly destinations: DestinationMatcher;
+  readonly policy: Policy;
+}
+
+export function createProxyMode(o: ProxyModeOptions): ProxyMode {
+  const tunnels: LiveTunnel[] = o.tunnels.map((t) => ({ ...t, destinations: compileDestinations(t.to), policy: compilePolicy(t.allow) }));
+  const agent = createAgent(new URL('http://forward.invalid'));
+  const open = new Set<Tunnel>();
+  let ownPorts: readonly number[] = [];
+
+  /** Token, then destination, then claims, then the resolved address: the admitted entry and address, or a refusal already answered. */
+  async function admit(ex: Exchange, dest: Destination, head: InboundHead): Promise<{ tunnel: LiveTunnel; claims: Claims; address: string } | undefined> {
+    // Proxy-Authorization first, else the token header (as with `curl --proxy-header`).
+    const token = head.proxyToken === undefined || head.token === undefined ? undefined : head.proxyToken || head.token;
+    const verified = await o.authenticate(token);
+    if (!verified.ok) return void ex.refuse(verified.reason);
+    ex.entry.identity = identityOf(verified.claims);
+    let claim: string | undefined;
+    let named = false;
+    for (const t of tunnels) {
+      if (!t.destinations.matches(dest)) continue;
+      named = true;
+      const decision = evaluate(t.policy, verified.claims);
+      if (!decision.allowed) {
+        claim ??= decision.claim;
+        continue;
+      }
+      const resolved = await resolveDestination(dest, t.destinations, ownPorts, o.timeouts.connectMs);
+      if ('reason' in resolved) return void ex.refuse(resolved.reason);
+      return { tunnel: t, claims: verified.claims, address: resolved.address };
+    }
+    return void (named ? ex.refuse('claim_mismatch', { claim }) : ex.refuse('connect_target_denied'));
+  }
+
+  return {
+    async forward(req, res, ex, head, expectsContinue) {
+      const rest = req.url!.slice('http://'.length);
+      let cut = 0;
+      while (cut < rest.length && rest[cut] !== '/' && rest[cut] !== '?') cut++;
+      const authority = rest.slice(0, cut);
+      const hasPort = authority.startsWith('[') ? authority.includes(']:') : authority.includes(':');
+      const dest = parseAuthority(hasPort ? authority : `${authority}:80`);
+      const target = parseTarget(rest[cut] === '/' ? rest.slice(cut) : `/${rest.slice(cut)}`);
+      ex.entry.kind = 'forward';
+      ex.proxied = true;
+      if (!dest || !target) return ex.refuse('bad_request', { detail: 'unsafe request target' });
+      Object.assign(ex.entry, { path: target.path, target: `${dest.host}:${dest.port}` });
+      const admitted = await admit(ex, dest, head);
+      if (!admitted) return;
+      if (expectsContinue) res.writeContinue();
+      const host = admitted.address.includes(':') ? `[${admitted.address}]` : admitted.address;
+      ex.settle(await forward(req, res, {
+        upstream: new URL(`http://${host}:${dest.port}`),
+        agent,
+        path: target.path + target.query,
+        timeouts: o.timeouts,
+        headers: upstreamHeaders(req.rawHeaders, {
+          tokenHeader: o.tokenHeader, upstreamHost: authority, claims: admitted.claims, forwardClaims: [],
+          clientIp: ex.client, trustedPeer: o.isTrusted(ex.client), requestId: ex.id, bodyFraming: head.bodyFraming,
+        }),
+        hasBody: head.hasBody,
+      }));
+    },
+
+    async connect(req, socket, head) {
+      const ex = beginExchange(req, socket, o.log, 'tunnel');
+      ex.entry.target = req.url;
+      // Until a tunnel owns the socket, a client that resets must not crash us.
+      socket.on('error', () => socket.destroy());
+      const dest = parseAuthority(req.url ?? '');
+      if (!dest) return ex.refuse('bad_request', { detail: 'bad CONNECT target' });
+      const admitted = await admit(ex, dest, inspectHead(req.rawHeaders, o.tokenHeader));
+      if (!admitted) return;
+      const t = admitted.tunnel;
+      // Tunnels outlive the short-lived token unless the entry says otherwise.
+      const closeAt = Math.min(
+        t.maxLifetimeSeconds === undefined ? Infinity : Date.now() + t.maxLifetimeSeconds * 1000,
+        t.endWithToken ? (admitted.claims.exp as number) * 1000 : Infinity,
+      );
+      const tunnel = openTunnel(socket, head, {
+        address: admitted.address, port: dest.port, connectTimeoutMs: o.timeouts.connectMs, idleMs: o.timeouts.idleMs,
+        closeAt: Number.isFinite(closeAt) ? closeAt : undefined,
+      });
+      open.add(tunnel);
+      const outcome = await tunnel.done;
+      open.delete(tunnel);
+      const counts = { bytesUp: outcome.bytesUp, bytesDown: outcome.bytesDown, closedBy: outcome.closedBy };
+      if (!outcome.established) return ex.refuse(outcome.reason ?? 'upstream_unreachable', counts);
+      ex.log(200, outcome.reason, counts);
+    },
+
+    listening(ports) {
+      ownPorts = [...ports];
+    },
+
+    stop() {
+      for (const t of open) t.close();
+      agent.destroy();
+    },
+  };
+}
