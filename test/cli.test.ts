@@ -8,6 +8,7 @@ import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http'
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import {
+  assertCleanLog,
   GATEWAY_RUNTIME,
   MAIN_JS,
   generateRsaKey,
@@ -300,14 +301,6 @@ test('every line the gateways wrote to stdout is JSON, and none holds a token th
   await Promise.all(gateways.map((g) => g.close()));
   assert.ok(gateways.length >= 3 && sentTokens.length >= 2);
   for (const g of gateways) {
-    const lines = g.process.stdout().split('\n').filter((l) => l !== '');
-    assert.ok(lines.length > 0);
-    for (const line of lines) {
-      assert.doesNotThrow(() => JSON.parse(line), `not JSON: ${line.slice(0, 200)}`);
-      for (const token of sentTokens) {
-        assert.ok(!line.includes(token), `a token in the log: ${line.slice(0, 200)}`);
-        assert.ok(!line.includes(token.slice(token.lastIndexOf('.') + 1)), `a token signature in the log: ${line.slice(0, 200)}`);
-      }
-    }
+    assertCleanLog(g.process.stdout(), sentTokens);
   }
 });

@@ -4,7 +4,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  generateRsaKey, rawExchange, signToken, startGateway, startIssuer, startRecorder, statusOf,
+  assertCleanLog, generateRsaKey, rawExchange, signToken, startGateway, startIssuer, startRecorder, statusOf,
   type Issuer, type Recorder, type RunningGateway, type TestKey,
 } from './helpers.ts';
 
@@ -292,11 +292,7 @@ test('a percent-encoded letter, a double encoding or a path parameter cannot dod
 });
 
 test('no log line carries a token, and every line is JSON', () => {
-  const text = gw.process.stdout();
-  for (const line of text.split('\n').filter(Boolean)) JSON.parse(line);
-  for (const t of sentTokens) {
-    for (const part of t.split('.').filter((s) => s.length > 20)) assert.ok(!text.includes(part), 'a token segment was logged');
-  }
+  assertCleanLog(gw.process.stdout(), sentTokens);
 });
 
 test('with two issuers, a rule pinned to one issuer refuses the same repository from the other', async () => {

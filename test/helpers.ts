@@ -3,6 +3,7 @@
 // issuer whose behaviour each test switches, and a recorder that counts and
 // keeps whatever it receives). Every server has close(). Nothing here mocks
 // node:http or node:crypto: the code under test talks to real sockets.
+import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants, createHash, createHmac, generateKeyPair, sign, type KeyObject } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -662,4 +663,17 @@ export function statusOf(raw: string): number {
 export function peakRssMiB(pid: number): number {
   const m = readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmHWM:\s+(\d+) kB/);
   return m ? Number(m[1]) / 1024 : NaN;
+}
+
+/** Asserts every line a gateway wrote to stdout is JSON and none holds a token (or a token's signature) that was sent. */
+export function assertCleanLog(stdout: string, tokens: readonly string[]): void {
+  const lines = stdout.split('\n').filter((l) => l !== '');
+  assert.ok(lines.length > 0, 'the gateway logged nothing');
+  for (const line of lines) {
+    assert.doesNotThrow(() => JSON.parse(line), `not JSON: ${line.slice(0, 200)}`);
+    for (const token of tokens) {
+      assert.ok(!line.includes(token), `a token in the log: ${line.slice(0, 200)}`);
+      assert.ok(!line.includes(token.slice(token.lastIndexOf('.') + 1)), `a token signature in the log: ${line.slice(0, 200)}`);
+    }
+  }
 }
