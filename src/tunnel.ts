@@ -71,14 +71,16 @@ export function openTunnel(client: Duplex, head: Buffer, o: TunnelOptions): Tunn
     // pipe() carries backpressure and, with allowHalfOpen, one side's FIN to the other.
     client.pipe(upstream);
     upstream.pipe(client);
-    let ended = 0;
-    const halfClosed = () => ++ended === 2 && end(closedBy ?? 'client');
-    client.once('end', halfClosed);
-    upstream.once('end', () => {
-      closedBy ??= 'upstream';
-      halfClosed();
+    client.once('end', () => (closedBy ??= 'client'));
+    upstream.once('end', () => (closedBy ??= 'upstream'));
+    // Once the upstream is gone, let what it sent drain to the client (pipe has
+    // already ended it), then finish; a client that never reads is cut at idleMs.
+    upstream.once('close', () => {
+      if (client.writableFinished) return end(closedBy ?? 'upstream');
+      client.end();
+      client.once('finish', () => end(closedBy ?? 'upstream'));
+      timers.push(setTimeout(() => end(closedBy ?? 'upstream'), o.idleMs));
     });
-    upstream.once('close', () => end(closedBy ?? 'upstream'));
     upstream.setTimeout(o.idleMs, () => end('idle'));
     if (o.closeAt !== undefined) timers.push(setTimeout(() => end('deadline'), Math.max(0, o.closeAt - Date.now())));
   });
