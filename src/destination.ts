@@ -42,8 +42,8 @@ export function parseAuthority(text: string): Destination | undefined {
 export interface DestinationMatcher {
   /** Whether one of the patterns names this destination. */
   matches(d: Destination): boolean;
-  /** Whether this exact address is listed literally (which overrides the address checks). */
-  listsAddress(address: string): boolean;
+  /** Whether this exact address and port are listed literally (which overrides the address checks). */
+  listsAddress(address: string, port: number): boolean;
 }
 
 /** Compiles "host:port" patterns; `*` in the host stands for any run of characters. IP literals must be listed exactly. */
@@ -55,7 +55,7 @@ export function compileDestinations(patterns: readonly string[]): DestinationMat
   });
   return {
     matches: (d) => compiled.some((c) => c.port === d.port && (d.isIp ? c.host === d.host : matchGlob(c.glob, d.host))),
-    listsAddress: (address) => compiled.some((c) => c.host === address),
+    listsAddress: (address, port) => compiled.some((c) => c.host === address && c.port === port),
   };
 }
 
@@ -112,7 +112,7 @@ export async function resolveDestination(d: Destination, m: DestinationMatcher, 
     if (found === undefined) return { reason: 'upstream_unreachable' };
     address = found;
   }
-  return addressAllowed(address, d.port, ownPorts, m.listsAddress(address)) ? { address } : { reason: 'connect_target_denied' };
+  return addressAllowed(address, d.port, ownPorts, m.listsAddress(address, d.port)) ? { address } : { reason: 'connect_target_denied' };
 }
 
 function stripBrackets(host: string): string {

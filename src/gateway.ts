@@ -32,8 +32,8 @@ export interface Gateway {
   admin(req: IncomingMessage, res: ServerResponse): void;
   /** Fetches every issuer's keys and keeps them fresh. Resolves when each has tried once. */
   start(): Promise<void>;
-  /** Stops key refreshes, closes open tunnels and upstream connection pools. */
-  stop(): void;
+  /** Stops key refreshes, closes open tunnels and upstream connection pools; resolves once every tunnel is logged. */
+  stop(): Promise<void>;
   ready(): boolean;
 }
 
@@ -154,10 +154,10 @@ export function createGateway(config: GatewayConfig, opts: GatewayOptions = {}):
     async start() {
       await Promise.all([...keySets.values()].map((k) => k.start()));
     },
-    stop() {
+    async stop() {
       for (const k of keySets.values()) k.stop();
       for (const r of routes) r.agent.destroy();
-      proxyMode.stop();
+      await proxyMode.stop();
     },
     ready,
   };

@@ -91,8 +91,8 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log({ kind: 'stop', signal });
-    void listeners.close(DRAIN_MS).then(() => {
-      gateway.stop();
+    void listeners.close(DRAIN_MS).then(async () => {
+      await gateway.stop();
       process.exit(0);
     });
   };

@@ -30,8 +30,8 @@ export interface ProxyMode {
   connect(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void>;
   /** Our own bound ports, which no destination may reach. */
   listening(ports: readonly number[]): void;
-  /** Closes every open tunnel and the forward connection pool. */
-  stop(): void;
+  /** Closes every open tunnel and the forward connection pool; resolves once each tunnel has written its audit line. */
+  stop(): Promise<void>;
 }
 
 interface LiveTunnel extends TunnelConfig {
@@ -43,6 +43,7 @@ export function createProxyMode(o: ProxyModeOptions): ProxyMode {
   const tunnels: LiveTunnel[] = o.tunnels.map((t) => ({ ...t, destinations: compileDestinations(t.to), policy: compilePolicy(t.allow) }));
   const agent = createAgent(new URL('http://forward.invalid'));
   const open = new Set<Tunnel>();
+  const logged = new Set<Promise<unknown>>();
   let ownPorts: readonly number[] = [];
 
   /** Token, then destination, then claims, then the resolved address: the admitted entry and address, or a refusal already answered. */
@@ -119,20 +120,24 @@ export function createProxyMode(o: ProxyModeOptions): ProxyMode {
         closeAt: Number.isFinite(closeAt) ? closeAt : undefined,
       });
       open.add(tunnel);
+      logged.add(tunnel.done);
       const outcome = await tunnel.done;
       open.delete(tunnel);
       const counts = { bytesUp: outcome.bytesUp, bytesDown: outcome.bytesDown, closedBy: outcome.closedBy };
-      if (!outcome.established) return ex.refuse(outcome.reason ?? 'upstream_unreachable', counts);
-      ex.log(200, outcome.reason, counts);
+      if (!outcome.established) ex.refuse(outcome.reason ?? 'upstream_unreachable', counts);
+      else ex.log(200, outcome.reason, counts);
+      logged.delete(tunnel.done);
     },
 
     listening(ports) {
       ownPorts = [...ports];
     },
 
-    stop() {
+    async stop() {
       for (const t of open) t.close();
       agent.destroy();
+      // The audit line follows tunnel.done by a tick: wait for it, so a shutdown loses no record.
+      while (logged.size > 0) await Promise.allSettled([...logged]).then(() => new Promise((r) => setImmediate(r)));
     },
   };
 }

@@ -64,7 +64,7 @@ export function createListeners(gateway: Gateway, config: GatewayConfig): Listen
       const sweep = setInterval(() => publicServer.closeIdleConnections(), 100);
       const deadline = setTimeout(() => {
         // CONNECT sockets are not the HTTP server's to close: the gateway ends its tunnels.
-        gateway.stop();
+        void gateway.stop();
         publicServer.closeAllConnections();
         adminServer.closeAllConnections();
       }, drainMs);

@@ -4,7 +4,7 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 
 const BUN_VERSION = '1.4.5';
-const E2E_FILES = ['test/gateway.test.ts', 'test/streaming.test.ts', 'test/cli.test.ts', 'test/limits.test.ts'];
+const E2E_FILES = ['test/gateway.test.ts', 'test/streaming.test.ts', 'test/cli.test.ts', 'test/limits.test.ts', 'test/tunnel.test.ts'];
 
 function findBun(): string | undefined {
   const probe = (cmd: string, args: string[]) => {
