@@ -23,7 +23,8 @@ export function parseAuthority(text: string): Destination | undefined {
     if (close < 0 || text[close + 1] !== ':') return undefined;
     host = text.slice(1, close);
     port = text.slice(close + 2);
-    if (isIP(host) !== 6) return undefined;
+    // No zone ids ("fe80::1%eth0"): they name an interface of ours, not a destination.
+    if (isIP(host) !== 6 || host.includes('%')) return undefined;
   } else {
     const colon = text.lastIndexOf(':');
     if (colon <= 0) return undefined;
@@ -50,7 +51,8 @@ export interface DestinationMatcher {
 export function compileDestinations(patterns: readonly string[]): DestinationMatcher {
   const compiled = patterns.map((p) => {
     const colon = p.lastIndexOf(':');
-    const host = stripBrackets(p.slice(0, colon).toLowerCase());
+    let host = stripBrackets(p.slice(0, colon).toLowerCase());
+    if (host.endsWith('.')) host = host.slice(0, -1);
     return { host, glob: compileGlob(host), port: Number(p.slice(colon + 1)) };
   });
   return {
@@ -66,10 +68,11 @@ export function checkDestinationPattern(p: string): string | undefined {
   if (colon <= 0 || !/^[1-9][0-9]{0,4}$/.test(port) || Number(port) > 65535) return 'expected host:port with a port from 1 to 65535';
   const host = stripBrackets(p.slice(0, colon));
   // "*" only as a whole leftmost label: "db*:5432" would admit db.attacker.example, which resolves anywhere.
+  // ... and "*.com" would admit any name anyone can register and point at an internal address.
   const rest = host.startsWith('*.') ? host.slice(2) : host;
   const literal = isIP(rest) === 6 ? `[${rest}]` : rest;
-  if (rest.includes('*') || (rest !== host && isIP(rest) !== 0) || !parseAuthority(`${literal}:1`)) {
-    return 'expected a host name, an IP address, or "*." and a domain such as "*.svc.internal"';
+  if (rest.includes('*') || (rest !== host && (isIP(rest) !== 0 || !rest.replace(/\.$/, '').includes('.'))) || !parseAuthority(`${literal}:1`)) {
+    return 'expected a host name, an IP address, or "*." and a domain of two labels or more such as "*.svc.internal"';
   }
   return undefined;
 }
@@ -78,14 +81,10 @@ export function checkDestinationPattern(p: string): string | undefined {
 // (cloud metadata at 169.254.169.254, fe80::/10), other clouds' metadata
 // services, loopback, and the unspecified addresses, which reach this host.
 const NEVER = new BlockList();
-NEVER.addSubnet('169.254.0.0', 16, 'ipv4');
-NEVER.addSubnet('127.0.0.0', 8, 'ipv4');
-NEVER.addAddress('0.0.0.0', 'ipv4');
-NEVER.addAddress('100.100.100.200', 'ipv4');
-NEVER.addSubnet('fe80::', 10, 'ipv6');
-NEVER.addAddress('::1', 'ipv6');
-NEVER.addAddress('::', 'ipv6');
-NEVER.addAddress('fd00:ec2::254', 'ipv6');
+for (const [net, bits] of [['0.0.0.0', 8], ['127.0.0.0', 8], ['169.254.0.0', 16]] as const) NEVER.addSubnet(net, bits, 'ipv4');
+for (const ip of ['100.100.100.200', '168.63.129.16', '192.0.0.192']) NEVER.addAddress(ip, 'ipv4');
+// ::/96 holds ::, ::1 and the IPv4-compatible forms of the addresses above.
+for (const [net, bits] of [['::', 96], ['fe80::', 10], ['fd00:ec2::254', 128]] as const) NEVER.addSubnet(net, bits, 'ipv6');
 
 /**
  * Whether a resolved address may be dialled: never one of the above, and never

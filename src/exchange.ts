@@ -87,6 +87,10 @@ const STATUS_TEXT: Readonly<Record<number, string>> = {
 /** The same answer on a CONNECT socket, which has no ServerResponse. */
 function socketReply(socket: Duplex, status: number, reason: Reason, id: string): void {
   if (!socket.writable) return void socket.destroy();
+  // Nothing reads a refused CONNECT socket and no server timer watches it any more:
+  // discard what the client still sends, and cut it if it does not close in time.
+  socket.resume();
+  setTimeout(() => socket.destroy(), 2_000).unref();
   const body = JSON.stringify({ error: reason, id });
   const headers = { ...errorHeaders(status, reason), 'content-length': String(body.length), connection: 'close' };
   const lines = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');

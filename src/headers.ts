@@ -92,6 +92,8 @@ function append(out: OutgoingHttpHeaders, name: string, value: string): void {
 export interface UpstreamHeadOptions {
   readonly tokenHeader: string;
   readonly upstreamHost: string;
+  /** The host the client asked for when it is not the Host header (absolute-form requests). */
+  readonly requestedHost?: string;
   readonly claims: Claims;
   readonly forwardClaims: readonly string[];
   readonly clientIp: string;
@@ -126,7 +128,7 @@ export function upstreamHeaders(raw: readonly string[], o: UpstreamHeadOptions):
   out.host = o.upstreamHost;
   out['x-forwarded-for'] = forwardedFor ? `${forwardedFor}, ${o.clientIp}` : o.clientIp;
   out['x-forwarded-proto'] = forwardedProto || 'http';
-  out['x-forwarded-host'] = forwardedHost || host;
+  out['x-forwarded-host'] = forwardedHost || o.requestedHost || host;
   out['x-request-id'] = o.requestId;
   for (const claim of o.forwardClaims) {
     const value = claimText(o.claims, claim);

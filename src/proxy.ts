@@ -81,6 +81,11 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
       if (upstreamStatus === undefined) timer = setTimeout(giveUp('upstream_timeout'), o.timeouts.headMs);
     });
     out.on('error', () => settle(headSent ? 'upstream_reset' : 'upstream_unreachable'));
+    // We strip Upgrade, so an unsolicited 101 is a broken or hostile upstream (Node reports it here, not as a response).
+    out.on('upgrade', (_res, socket) => {
+      socket.destroy();
+      settle('upstream_unreachable');
+    });
 
     // The client going away cancels the upstream exchange, whatever stage it is at.
     // (pipeline also closes res when the upstream fails mid-body; Bun reports that

@@ -11,8 +11,10 @@ import { inspectHead, upstreamHeaders, type InboundHead } from './headers.js';
 import type { Claims, Verification } from './jwt.js';
 import { compilePolicy, evaluate, type Policy } from './policy.js';
 import { createAgent, forward, type ProxyTimeouts } from './proxy.js';
-import { parseTarget } from './router.js';
 import { openTunnel, type Tunnel } from './tunnel.js';
+
+/** What a client may send after CONNECT before its 200, held until the tunnel opens. */
+const EARLY_BYTES = 64 * 1024;
 
 export interface ProxyModeOptions {
   readonly tunnels: readonly TunnelConfig[];
@@ -44,6 +46,9 @@ export function createProxyMode(o: ProxyModeOptions): ProxyMode {
   const agent = createAgent(new URL('http://forward.invalid'));
   const open = new Set<Tunnel>();
   const logged = new Set<Promise<unknown>>();
+  // Every CONNECT socket from arrival to close, so a shutdown can end those still being admitted.
+  const sockets = new Set<Duplex>();
+  let stopping = false;
   let ownPorts: readonly number[] = [];
 
   /** Token, then destination, then claims, then the resolved address: the admitted entry and address, or a refusal already answered. */
@@ -78,11 +83,14 @@ export function createProxyMode(o: ProxyModeOptions): ProxyMode {
       const authority = rest.slice(0, cut);
       const hasPort = authority.startsWith('[') ? authority.includes(']:') : authority.includes(':');
       const dest = parseAuthority(hasPort ? authority : `${authority}:80`);
-      const target = parseTarget(rest[cut] === '/' ? rest.slice(cut) : `/${rest.slice(cut)}`);
+      const pathAndQuery = rest[cut] === '/' ? rest.slice(cut) : `/${rest.slice(cut)}`;
       ex.entry.kind = 'forward';
       ex.proxied = true;
-      if (!dest || !target) return ex.refuse('bad_request', { detail: 'unsafe request target' });
-      Object.assign(ex.entry, { path: target.path, target: `${dest.host}:${dest.port}` });
+      // No path rules apply to a destination that CONNECT could reach byte for byte anyway:
+      // only what would break the request line is refused.
+      if (!dest || [...pathAndQuery].some((c) => c <= ' ' || c > '~')) return ex.refuse('bad_request', { detail: 'bad request target' });
+      const q = pathAndQuery.indexOf('?');
+      Object.assign(ex.entry, { path: q < 0 ? pathAndQuery : pathAndQuery.slice(0, q), target: `${dest.host}:${dest.port}` });
       const admitted = await admit(ex, dest, head);
       if (!admitted) return;
       if (expectsContinue) res.writeContinue();
@@ -90,10 +98,11 @@ export function createProxyMode(o: ProxyModeOptions): ProxyMode {
       ex.settle(await forward(req, res, {
         upstream: new URL(`http://${host}:${dest.port}`),
         agent,
-        path: target.path + target.query,
+        path: pathAndQuery,
         timeouts: o.timeouts,
         headers: upstreamHeaders(req.rawHeaders, {
-          tokenHeader: o.tokenHeader, upstreamHost: authority, claims: admitted.claims, forwardClaims: [],
+          // RFC 9112 §3.2.2: with an absolute-form target the Host header is ignored, also for X-Forwarded-Host.
+          tokenHeader: o.tokenHeader, upstreamHost: authority, requestedHost: authority, claims: admitted.claims, forwardClaims: [],
           clientIp: ex.client, trustedPeer: o.isTrusted(ex.client), requestId: ex.id, bodyFraming: head.bodyFraming,
         }),
         hasBody: head.hasBody,
@@ -102,20 +111,32 @@ export function createProxyMode(o: ProxyModeOptions): ProxyMode {
 
     async connect(req, socket, head) {
       const ex = beginExchange(req, socket, o.log, 'tunnel');
-      ex.entry.target = req.url;
-      // Until a tunnel owns the socket, a client that resets must not crash us.
+      sockets.add(socket);
+      socket.once('close', () => sockets.delete(socket));
+      // Until a tunnel owns the socket, a client that resets must not crash us. Reading
+      // (and holding, up to a bound) what it sends meanwhile is how we notice that it left.
       socket.on('error', () => socket.destroy());
+      const early = [head];
+      let earlyBytes = head.length;
+      let left = false;
+      const hold = (chunk: Buffer) => ((earlyBytes += chunk.length) > EARLY_BYTES ? socket.destroy() : early.push(chunk));
+      socket.on('data', hold).once('end', () => (left = true));
       const dest = parseAuthority(req.url ?? '');
+      // The raw target is not logged: a confused client may have put its token there.
       if (!dest) return ex.refuse('bad_request', { detail: 'bad CONNECT target' });
+      ex.entry.target = `${dest.host}:${dest.port}`;
       const admitted = await admit(ex, dest, inspectHead(req.rawHeaders, o.tokenHeader));
       if (!admitted) return;
+      // Admission can take a key refetch and a DNS lookup: dial nothing for a client that has left since.
+      socket.off('data', hold).pause();
+      if (left || socket.destroyed || stopping) return ex.refuse('client_aborted');
       const t = admitted.tunnel;
       // Tunnels outlive the short-lived token unless the entry says otherwise.
       const closeAt = Math.min(
         t.maxLifetimeSeconds === undefined ? Infinity : Date.now() + t.maxLifetimeSeconds * 1000,
         t.endWithToken ? (admitted.claims.exp as number) * 1000 : Infinity,
       );
-      const tunnel = openTunnel(socket, head, {
+      const tunnel = openTunnel(socket, Buffer.concat(early), {
         address: admitted.address, port: dest.port, connectTimeoutMs: o.timeouts.connectMs, idleMs: o.timeouts.idleMs,
         closeAt: Number.isFinite(closeAt) ? closeAt : undefined,
       });
@@ -134,7 +155,9 @@ export function createProxyMode(o: ProxyModeOptions): ProxyMode {
     },
 
     async stop() {
+      stopping = true;
       for (const t of open) t.close();
+      for (const s of sockets) s.destroy();
       agent.destroy();
       // The audit line follows tunnel.done by a tick: wait for it, so a shutdown loses no record.
       while (logged.size > 0) await Promise.allSettled([...logged]).then(() => new Promise((r) => setImmediate(r)));

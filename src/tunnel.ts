@@ -32,6 +32,8 @@ export interface Tunnel {
   close(): void;
 }
 
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export function openTunnel(client: Duplex, head: Buffer, o: TunnelOptions): Tunnel {
   let settle!: (outcome: TunnelOutcome) => void;
   const done = new Promise<TunnelOutcome>((resolve) => (settle = resolve));
@@ -53,9 +55,14 @@ export function openTunnel(client: Duplex, head: Buffer, o: TunnelOptions): Tunn
     settle({ reason, established, closedBy, bytesUp, bytesDown });
   };
 
+  // setTimeout fires at once past 2^31-1 ms (24.8 days): re-arm until the deadline is near.
+  const deadline = (at: number): void => {
+    const wait = at - Date.now();
+    timers.push(setTimeout(() => (wait > MAX_TIMER_MS ? deadline(at) : end('deadline')), Math.max(0, Math.min(wait, MAX_TIMER_MS))));
+  };
   timers.push(setTimeout(() => end('connect_timeout', 'upstream_timeout'), o.connectTimeoutMs));
   upstream.once('error', () => end(established ? 'upstream' : 'refused', established ? 'upstream_reset' : 'upstream_unreachable'));
-  client.once('error', () => end('client', established ? 'client_aborted' : undefined));
+  client.once('error', () => end('client', 'client_aborted'));
   client.once('close', () => (established ? end('client') : end('client', 'client_aborted')));
 
   upstream.once('connect', () => {
@@ -82,7 +89,7 @@ export function openTunnel(client: Duplex, head: Buffer, o: TunnelOptions): Tunn
       timers.push(setTimeout(() => end(closedBy ?? 'upstream'), o.idleMs));
     });
     upstream.setTimeout(o.idleMs, () => end('idle'));
-    if (o.closeAt !== undefined) timers.push(setTimeout(() => end('deadline'), Math.max(0, o.closeAt - Date.now())));
+    if (o.closeAt !== undefined) deadline(o.closeAt);
   });
 
   return { done, close: () => end('shutdown') };

@@ -12,7 +12,7 @@ import { once } from 'node:events';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import {
-  assertCleanLog, generateRsaKey, peakRssMiB, signToken, startGateway, startIssuer, startRecorder, startServer, waitUntil,
+  JWKS_PATH, assertCleanLog, generateRsaKey, peakRssMiB, signToken, startGateway, startIssuer, startRecorder, startServer, waitUntil,
   type Issuer, type Recorder, type RunningGateway, type TestKey, type TestServer,
 } from './helpers.ts';
 
@@ -869,6 +869,91 @@ test('a tunnel that ends during the drain still gets its audit line before the g
 });
 
 // ---------------------------------------------------------------- the audit log
+
+test('a refused CONNECT whose client never closes its side is closed by the gateway within seconds', async () => {
+  const socket = connect({ port: gw.port, host: '127.0.0.1', allowHalfOpen: true });
+  socket.on('error', () => {});
+  let answer = '';
+  socket.setEncoding('latin1').on('data', (d: string) => (answer += d));
+  socket.write(`CONNECT ${literal(tcpEcho.port)} HTTP/1.1\r\nHost: x\r\n\r\n`);
+  await within(once(socket, 'end'), 5_000, 'the answer');
+  assert.match(answer, /^HTTP\/1\.1 407 /);
+  // Past the gateway's grace period its side is gone for good: a write now is answered with a reset.
+  await sleep(2_500);
+  // The first write draws the reset, the second one fails on it.
+  socket.write('still there?');
+  await sleep(200);
+  socket.write('hello?');
+  await within(new Promise((resolve) => socket.once('close', resolve)), 5_000, 'a reset from a gateway that closed the refused socket');
+});
+
+test('a client that leaves while its CONNECT is being admitted gets nothing dialled in its name', { timeout: 20_000 }, async () => {
+  const slow = await startGateway({
+    issuers: [{ issuer: issuer.issuer, audience: AUD }],
+    keys: { cooldownMs: 1_000 },
+    tunnels: [{ to: [literal(trap.port)], allow: [RULE] }],
+  });
+  try {
+    await sleep(1_100); // past the cooldown, so an unknown kid refetches the key set
+    issuer.keys = [key.jwk, otherKey.jwk];
+    issuer.setPlan(JWKS_PATH, { delayMs: 1_500 });
+    const since = slow.logs().length;
+    const before = trap.connections();
+    const conn = openConnect(slow.port, literal(trap.port), [bearer(token({}, otherKey))]);
+    await sleep(300);
+    conn.socket.destroy();
+    const line = await logLine(slow, since, (l) => l.kind === 'tunnel');
+    assert.equal(line.reason, 'client_aborted');
+    await sleep(100);
+    assert.equal(trap.connections(), before, 'no connection was opened for a client that had left');
+  } finally {
+    issuer.setPlan(JWKS_PATH, {});
+    issuer.keys = [key.jwk];
+    await slow.close();
+  }
+});
+
+test('forward proxying sets X-Forwarded-Host to the requested authority, whatever Host the client sent', async () => {
+  upstream.reset();
+  const a = await forwardRaw(gw.port, `${upstream.url}/xfh`, [bearer(token()), 'Host: admin.internal']);
+  assert.equal(a.status, 200);
+  const h = upstream.requests.at(-1)!.headers;
+  assert.equal(h.host, literal(upstream.port));
+  assert.equal(h['x-forwarded-host'], literal(upstream.port));
+});
+
+test('forward proxying passes legitimate paths that routes would refuse, such as npm scoped packages', async () => {
+  for (const path of ['/@types%2fnode', '/files/100%25.txt', '/app;jsessionid=1', '/%7Euser']) {
+    upstream.reset();
+    const a = await forwardRaw(gw.port, `${upstream.url}${path}`, [bearer(token())]);
+    assert.equal(a.status, 200, path);
+    assert.equal(upstream.requests.at(-1)?.url, path);
+  }
+});
+
+test('an upstream answering with an unsolicited 101 is a 502 at once, not a hang until the head timeout', async () => {
+  const hostile = await startTcp((socket) => socket.once('data', () => socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n')));
+  const g = await startGateway({ issuers: [{ issuer: issuer.issuer, audience: AUD }], routes: [{ path: '/', upstream: `http://${literal(hostile.port)}`, allow: [RULE] }] });
+  try {
+    const started = Date.now();
+    const res = await fetch(`${g.url}/x`, { headers: { 'gateway-authorization': token() } });
+    assert.equal(res.status, 502);
+    assert.equal(((await res.json()) as { error: string }).error, 'upstream_unreachable');
+    assert.ok(Date.now() - started < 5_000);
+  } finally {
+    await g.close();
+    await hostile.close();
+  }
+});
+
+test('a malformed CONNECT target holding a token is refused and the token is not logged', async () => {
+  const t = token();
+  const since = gw.logs().length;
+  const a = await untouched('token in the target', () => openConnect(gw.port, `x:${t}@db:5432`, [bearer(t)]).answer);
+  assertRefused(a, 400, 'bad_request', 'token in the target');
+  const line = await logLine(gw, since, (l) => l.kind === 'tunnel' && l.reason === 'bad_request');
+  assert.ok(!JSON.stringify(line).includes(t.split('.')[2]!));
+});
 
 test('tunnel audit lines carry target, identity, bytes and closedBy; no line carries a token; every line is JSON', () => {
   for (const g of [gw, gwQuick]) {
