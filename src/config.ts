@@ -33,31 +33,33 @@ export interface GatewayConfig {
   readonly listen: { readonly host: string; readonly port: number };
   readonly admin: { readonly host: string; readonly port: number };
   readonly issuers: readonly IssuerConfig[];
-  readonly token: {
-    readonly header: string;
-    readonly clockSkewSeconds: number;
-    readonly maxAgeSeconds?: number;
-    readonly maxBytes: number;
-  };
-  readonly keys: { readonly fetchTimeoutMs: number; readonly cooldownMs: number; readonly staleIfErrorMs: number };
-  readonly timeouts: {
-    readonly upstreamConnectMs: number;
-    readonly upstreamHeadMs: number;
-    readonly idleMs: number;
-    readonly clientHeadersMs: number;
-  };
+  readonly token: Numbers<'token'> & { readonly header: string; readonly maxAgeSeconds?: number };
+  readonly keys: Numbers<'keys'>;
+  readonly timeouts: Numbers<'timeouts'>;
   readonly trustedProxies: readonly string[];
   readonly routes: readonly RouteConfig[];
   readonly tunnels: readonly TunnelConfig[];
 }
 
+/** Every tunable number as [default, min, max]: its default lives here and nowhere else. */
+const RANGES = {
+  token: { clockSkewSeconds: [60, 0, 600], maxBytes: [8192, 1024, 65_536] },
+  keys: { fetchTimeoutMs: [5_000, 100, 60_000], cooldownMs: [30_000, 1_000, 3_600_000], staleIfErrorMs: [86_400_000, 0, 604_800_000] },
+  timeouts: { upstreamConnectMs: [5_000, 10, 600_000], upstreamHeadMs: [30_000, 10, 3_600_000], idleMs: [300_000, 10, 86_400_000], clientHeadersMs: [10_000, 10, 600_000] },
+} as const;
+type Section = keyof typeof RANGES;
+type Numbers<S extends Section> = { readonly [K in keyof (typeof RANGES)[S]]: number };
+
+const defaultsOf = <S extends Section>(section: S) =>
+  Object.fromEntries(Object.entries(RANGES[section]).map(([key, [fallback]]) => [key, fallback])) as Numbers<S>;
+
 export const DEFAULTS = {
   listen: { host: '0.0.0.0', port: 8000 },
   admin: { host: '127.0.0.1', port: 9090 },
-  token: { header: 'gateway-authorization', clockSkewSeconds: 60, maxBytes: 8192 },
-  keys: { fetchTimeoutMs: 5_000, cooldownMs: 30_000, staleIfErrorMs: 86_400_000 },
-  timeouts: { upstreamConnectMs: 5_000, upstreamHeadMs: 30_000, idleMs: 300_000, clientHeadersMs: 10_000 },
-} as const;
+  token: { header: 'gateway-authorization', ...defaultsOf('token') },
+  keys: defaultsOf('keys'),
+  timeouts: defaultsOf('timeouts'),
+};
 
 export type ConfigResult = { ok: true; config: GatewayConfig } | { ok: false; problems: string[] };
 
@@ -111,24 +113,11 @@ export function parseConfig(input: unknown): ConfigResult {
   if (typeof header === 'string' && RESERVED_HEADER(header.toLowerCase())) p('token.header', 'must not be a header the gateway reads or sets itself');
   const token = {
     header: String(header).toLowerCase(),
-    clockSkewSeconds: num(tok, 'clockSkewSeconds', DEFAULTS.token.clockSkewSeconds, 0, 600, 'token', p),
+    ...numbers('token', tok, p),
     maxAgeSeconds: tok.maxAgeSeconds === undefined ? undefined : num(tok, 'maxAgeSeconds', 0, 1, 86_400, 'token', p),
-    maxBytes: num(tok, 'maxBytes', DEFAULTS.token.maxBytes, 1024, 65_536, 'token', p),
   };
-  const k = object(or(root.keys, {}), 'keys', ['fetchTimeoutMs', 'cooldownMs', 'staleIfErrorMs'], p);
-  const keys = {
-    fetchTimeoutMs: num(k, 'fetchTimeoutMs', DEFAULTS.keys.fetchTimeoutMs, 100, 60_000, 'keys', p),
-    cooldownMs: num(k, 'cooldownMs', DEFAULTS.keys.cooldownMs, 1_000, 3_600_000, 'keys', p),
-    staleIfErrorMs: num(k, 'staleIfErrorMs', DEFAULTS.keys.staleIfErrorMs, 0, 7 * 86_400_000, 'keys', p),
-  };
-  const t = object(or(root.timeouts, {}), 'timeouts', Object.keys(DEFAULTS.timeouts), p);
-  const d = DEFAULTS.timeouts;
-  const timeouts = {
-    upstreamConnectMs: num(t, 'upstreamConnectMs', d.upstreamConnectMs, 10, 600_000, 'timeouts', p),
-    upstreamHeadMs: num(t, 'upstreamHeadMs', d.upstreamHeadMs, 10, 3_600_000, 'timeouts', p),
-    idleMs: num(t, 'idleMs', d.idleMs, 10, 86_400_000, 'timeouts', p),
-    clientHeadersMs: num(t, 'clientHeadersMs', d.clientHeadersMs, 10, 600_000, 'timeouts', p),
-  };
+  const keys = numbers('keys', object(or(root.keys, {}), 'keys', Object.keys(RANGES.keys), p), p);
+  const timeouts = numbers('timeouts', object(or(root.timeouts, {}), 'timeouts', Object.keys(RANGES.timeouts), p), p);
 
   const trustedProxies = strings(or(root.trustedProxies, []), 'trustedProxies', p);
   trustedProxies.forEach((c, i) => cidrProblem(c) && p(`trustedProxies[${i}]`, cidrProblem(c)!));
@@ -221,6 +210,11 @@ function strings(v: unknown, at: string, p: (path: string, problem: string) => v
   if (Array.isArray(v) && v.every((s) => typeof s === 'string')) return v as string[];
   p(at, 'expected a string or an array of strings');
   return [];
+}
+
+function numbers<S extends Section>(section: S, o: Json, p: (path: string, problem: string) => void): Numbers<S> {
+  const entries = Object.entries(RANGES[section]).map(([key, [fallback, min, max]]) => [key, num(o, key, fallback, min, max, section, p)]);
+  return Object.fromEntries(entries) as Numbers<S>;
 }
 
 function num(o: Json, key: string, fallback: number, min: number, max: number, at: string, p: (path: string, problem: string) => void): number {
