@@ -4,13 +4,12 @@ import type { Claims } from './jwt.js';
 import { claimText } from './policy.js';
 
 /** The claims that say who came in (GitHub's OIDC token claims). */
-export const IDENTITY_CLAIMS = [
+const IDENTITY_CLAIMS = [
   'iss', 'sub', 'repository', 'repository_id', 'repository_owner', 'ref', 'sha', 'workflow_ref',
   'job_workflow_ref', 'environment', 'actor', 'run_id', 'run_attempt', 'jti',
 ] as const;
 
-export type LogLine = Record<string, unknown>;
-export type Log = (line: LogLine) => void;
+export type Log = (line: Record<string, unknown>) => void;
 
 export function identityOf(claims: Claims): Record<string, string> {
   const who: Record<string, string> = {};

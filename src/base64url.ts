@@ -6,16 +6,7 @@
 
 /** Decodes canonical unpadded base64url, or returns undefined for anything else. */
 export function decodeBase64url(text: string): Buffer | undefined {
-  if (text.length % 4 === 1) return undefined;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    const ok =
-      (c >= 0x41 && c <= 0x5a) || // A-Z
-      (c >= 0x61 && c <= 0x7a) || // a-z
-      (c >= 0x30 && c <= 0x39) || // 0-9
-      c === 0x2d || c === 0x5f; // - _
-    if (!ok) return undefined;
-  }
+  if (text.length % 4 === 1 || !/^[A-Za-z0-9_-]*$/.test(text)) return undefined;
   const bytes = Buffer.from(text, 'base64url');
   // Non-zero unused trailing bits decode "successfully" but do not round-trip.
   return bytes.toString('base64url') === text ? bytes : undefined;

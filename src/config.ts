@@ -2,7 +2,9 @@
 // problem at once as `json.path: problem`. Nothing starts half-configured.
 import { isIP } from 'node:net';
 import { checkDestinationPattern } from './destination.js';
+import { isReservedHeader } from './headers.js';
 import { checkKeyUrl } from './jwks.js';
+import { isObject } from './jwt.js';
 import { checkRule, type Rule } from './policy.js';
 
 export interface IssuerConfig {
@@ -64,6 +66,7 @@ export const DEFAULTS = {
 export type ConfigResult = { ok: true; config: GatewayConfig } | { ok: false; problems: string[] };
 
 type Json = Record<string, unknown>;
+type Report = (path: string, problem: string) => void;
 
 /** Validates parsed JSON into a GatewayConfig, or lists every problem with its path. */
 export function parseConfig(input: unknown): ConfigResult {
@@ -110,7 +113,7 @@ export function parseConfig(input: unknown): ConfigResult {
   const tok = object(or(root.token, {}), 'token', ['header', 'clockSkewSeconds', 'maxAgeSeconds', 'maxBytes'], p);
   const header = or(tok.header, DEFAULTS.token.header);
   if (typeof header !== 'string' || !isToken(header)) p('token.header', 'expected an HTTP header name');
-  if (typeof header === 'string' && RESERVED_HEADER(header.toLowerCase())) p('token.header', 'must not be a header the gateway reads or sets itself');
+  if (typeof header === 'string' && isReservedHeader(header.toLowerCase())) p('token.header', 'must not be a header the gateway reads or sets itself');
   const token = {
     header: String(header).toLowerCase(),
     ...numbers('token', tok, p),
@@ -144,7 +147,7 @@ export function parseConfig(input: unknown): ConfigResult {
   return { ok: true, config: { listen, admin, issuers, token, keys, timeouts, trustedProxies, routes, tunnels } };
 }
 
-function route(raw: unknown, at: string, pinIssuer: boolean, p: (path: string, problem: string) => void): RouteConfig {
+function route(raw: unknown, at: string, pinIssuer: boolean, p: Report): RouteConfig {
   const o = object(raw, at, ['path', 'upstream', 'allow', 'forwardClaims', 'methods'], p);
   let path = typeof o.path === 'string' ? o.path : '';
   if (!path.startsWith('/') || path.includes('//') || path.includes('\\') || path.split('/').some((s) => s === '.' || s === '..' || s.includes('%')) || [...path].some((c) => c < '!' || c > '~')) {
@@ -168,7 +171,7 @@ function route(raw: unknown, at: string, pinIssuer: boolean, p: (path: string, p
   return { path, upstream, allow, forwardClaims, methods };
 }
 
-function rules(v: unknown, at: string, pinIssuer: boolean, p: (path: string, problem: string) => void): Rule[] {
+function rules(v: unknown, at: string, pinIssuer: boolean, p: Report): Rule[] {
   const list = array(v, `${at}.allow`, p);
   if (list.length === 0) p(`${at}.allow`, 'expected at least one rule: with no rule no one may pass, so it is refused');
   return list.map((rule, j) => {
@@ -177,26 +180,21 @@ function rules(v: unknown, at: string, pinIssuer: boolean, p: (path: string, pro
   });
 }
 
-// Headers with a meaning of their own to HTTP or to us cannot also carry the token.
-const RESERVED_HEADER = (h: string) =>
-  ['host', 'connection', 'content-length', 'transfer-encoding', 'keep-alive', 'te', 'trailer', 'upgrade', 'expect', 'cookie',
-    'authorization', 'forwarded', 'x-request-id'].includes(h) || h.startsWith('proxy-') || h.startsWith('x-forwarded-') || h.startsWith('x-oidc-');
-
 /** The fallback only for a missing key: an explicit null is a wrong type, and is reported as one. */
 function or(v: unknown, fallback: unknown): unknown {
   return v === undefined ? fallback : v;
 }
 
-function object(v: unknown, at: string, known: readonly string[], p: (path: string, problem: string) => void): Json {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+function object(v: unknown, at: string, known: readonly string[], p: Report): Json {
+  if (!isObject(v)) {
     p(at, 'expected an object');
     return {};
   }
   for (const key of Object.keys(v)) if (!known.includes(key)) p(at === '(root)' ? key : `${at}.${key}`, 'unknown key');
-  return v as Json;
+  return v;
 }
 
-function array(v: unknown, at: string, p: (path: string, problem: string) => void): unknown[] {
+function array(v: unknown, at: string, p: Report): unknown[] {
   if (v === undefined) return [];
   if (!Array.isArray(v)) {
     p(at, 'expected an array');
@@ -205,19 +203,19 @@ function array(v: unknown, at: string, p: (path: string, problem: string) => voi
   return v;
 }
 
-function strings(v: unknown, at: string, p: (path: string, problem: string) => void): string[] {
+function strings(v: unknown, at: string, p: Report): string[] {
   if (typeof v === 'string') return [v];
   if (Array.isArray(v) && v.every((s) => typeof s === 'string')) return v as string[];
   p(at, 'expected a string or an array of strings');
   return [];
 }
 
-function numbers<S extends Section>(section: S, o: Json, p: (path: string, problem: string) => void): Numbers<S> {
+function numbers<S extends Section>(section: S, o: Json, p: Report): Numbers<S> {
   const entries = Object.entries(RANGES[section]).map(([key, [fallback, min, max]]) => [key, num(o, key, fallback, min, max, section, p)]);
   return Object.fromEntries(entries) as Numbers<S>;
 }
 
-function num(o: Json, key: string, fallback: number, min: number, max: number, at: string, p: (path: string, problem: string) => void): number {
+function num(o: Json, key: string, fallback: number, min: number, max: number, at: string, p: Report): number {
   const v = or(o[key], fallback);
   if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) p(`${at}.${key}`, `expected a number from ${min} to ${max}`);
   return Number(v);

@@ -2,7 +2,7 @@
 // the fields gathered for the log as the request moves on, and the only way
 // a refusal is answered (status, reason, id; never a claim value or the token).
 import { randomUUID } from 'node:crypto';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import { isIPv4 } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Log } from './audit.js';
@@ -12,10 +12,8 @@ import type { ForwardOutcome } from './proxy.js';
 export interface Exchange {
   readonly id: string;
   readonly client: string;
-  /** The audit line's fields, filled in step by step. */
+  /** The audit line's fields, filled in step by step; `kind` says what the client asked for. */
   readonly entry: Record<string, unknown>;
-  /** Proxy clients (forward and CONNECT) get 407 and a Basic challenge when they sent no credentials. */
-  proxied: boolean;
   /** Whether an unread request body follows, so a refusal must close the connection. */
   bodyPending: boolean;
   refuse(reason: Reason, extra?: Record<string, unknown>): void;
@@ -33,14 +31,14 @@ export function beginExchange(req: IncomingMessage, out: ServerResponse | Duplex
     id,
     client,
     entry: { kind, id, method: req.method, client },
-    proxied: kind !== 'request',
     bodyPending: false,
     log(status, reason, extra) {
       const ms = Math.round((performance.now() - started) * 10) / 10;
       log({ ...ex.entry, status, decision: decisionOf(status, reason), reason, ...extra, ms });
     },
     refuse(reason, extra) {
-      const status = ex.proxied && reason === 'token_missing' ? 407 : STATUS[reason];
+      // Proxy clients (forward and CONNECT) get 407 and a Basic challenge when they sent no credentials.
+      const status = ex.entry.kind !== 'request' && reason === 'token_missing' ? 407 : STATUS[reason];
       if ('writeHead' in out) reply(out, status, reason, id, ex.bodyPending);
       else socketReply(out, status, reason, id);
       ex.log(status, reason, extra);
@@ -79,11 +77,6 @@ function reply(res: ServerResponse, status: number, reason: Reason, id: string, 
   res.end(JSON.stringify({ error: reason, id }));
 }
 
-const STATUS_TEXT: Readonly<Record<number, string>> = {
-  400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 407: 'Proxy Authentication Required',
-  499: 'Client Closed Request', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
-};
-
 /** The same answer on a CONNECT socket, which has no ServerResponse. */
 function socketReply(socket: Duplex, status: number, reason: Reason, id: string): void {
   if (!socket.writable) return void socket.destroy();
@@ -94,5 +87,6 @@ function socketReply(socket: Duplex, status: number, reason: Reason, id: string)
   const body = JSON.stringify({ error: reason, id });
   const headers = { ...errorHeaders(status, reason), 'content-length': String(body.length), connection: 'close' };
   const lines = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
-  socket.end(`HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? 'Error'}\r\n${lines}\r\n${body}`);
+  // node:http names every status a refusal can have but nginx's 499.
+  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Client Closed Request'}\r\n${lines}\r\n${body}`);
 }

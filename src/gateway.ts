@@ -1,18 +1,18 @@
 // Wires one request through the steps, in one direction only:
 //   target → route or destination → token → verify (keys) → policy → proxy or
 //   tunnel → one audit line. Nothing is contacted before every step said yes.
-import type { Agent, IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { BlockList, isIPv4 } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { identityOf, type Log } from './audit.js';
-import type { GatewayConfig, RouteConfig } from './config.js';
-import { beginExchange } from './exchange.js';
-import { inspectHead, upstreamHeaders } from './headers.js';
+import type { GatewayConfig } from './config.js';
+import { beginExchange, type Exchange } from './exchange.js';
+import { inspectHead, upstreamHeaders, type InboundHead } from './headers.js';
 import { createKeySet, type KeySet } from './jwks.js';
 import { createTokenVerifier, type Verification } from './jwt.js';
-import { compilePolicy, evaluate, type Policy } from './policy.js';
-import { createAgent, forward, type ProxyTimeouts } from './proxy.js';
-import { createProxyMode } from './proxymode.js';
+import { compilePolicy, evaluate } from './policy.js';
+import { createAgent, forward } from './proxy.js';
+import { createProxyMode, type Admitted } from './proxymode.js';
 import { createRouter, parseTarget } from './router.js';
 
 export interface GatewayOptions {
@@ -37,12 +37,6 @@ export interface Gateway {
   ready(): boolean;
 }
 
-interface LiveRoute extends RouteConfig {
-  readonly upstreamPath: string;
-  readonly policy: Policy;
-  readonly agent: Agent;
-}
-
 export function createGateway(config: GatewayConfig, opts: GatewayOptions = {}): Gateway {
   const log = opts.log ?? (() => {});
   const keySets = new Map<string, KeySet>(config.issuers.map((i) => [i.issuer, createKeySet({ ...i, ...config.keys, fetch: opts.fetch, now: opts.now, log })]));
@@ -53,7 +47,7 @@ export function createGateway(config: GatewayConfig, opts: GatewayOptions = {}):
     maxTokenBytes: config.token.maxBytes,
     now: opts.now,
   });
-  const routes: LiveRoute[] = config.routes.map((r) => ({ ...r, upstreamPath: r.upstream.pathname, policy: compilePolicy(r.allow), agent: createAgent(r.upstream) }));
+  const routes = config.routes.map((r) => ({ ...r, upstreamPath: r.upstream.pathname, policy: compilePolicy(r.allow), agent: createAgent(r.upstream) }));
   const route = createRouter(routes);
   const trusted = new BlockList();
   for (const cidr of config.trustedProxies) {
@@ -61,14 +55,9 @@ export function createGateway(config: GatewayConfig, opts: GatewayOptions = {}):
     const family = isIPv4(addr) ? 'ipv4' : 'ipv6';
     trusted.addSubnet(addr, bits === undefined ? (family === 'ipv4' ? 32 : 128) : Number(bits), family);
   }
-  const timeouts: ProxyTimeouts = {
-    connectMs: config.timeouts.upstreamConnectMs,
-    headMs: config.timeouts.upstreamHeadMs,
-    idleMs: config.timeouts.idleMs,
-  };
   const tokenHeader = config.token.header;
   const ready = () => [...keySets.values()].every((k) => k.status().usable);
-  const proxyMode = createProxyMode({ tunnels: config.tunnels, tokenHeader, timeouts, log, authenticate, isTrusted });
+  const proxyMode = createProxyMode(config, log, authenticate);
 
   async function authenticate(token: string | undefined): Promise<Verification> {
     if (token === undefined) return { ok: false, reason: 'token_malformed' };
@@ -77,11 +66,37 @@ export function createGateway(config: GatewayConfig, opts: GatewayOptions = {}):
 
   async function handle(req: IncomingMessage, res: ServerResponse, expectsContinue = false): Promise<void> {
     const ex = beginExchange(req, res, log, 'request');
-    const { entry, refuse } = ex;
     const head = inspectHead(req.rawHeaders, tokenHeader);
     ex.bodyPending = head.hasBody;
-    if (head.framing) return refuse('bad_request', { detail: head.framing });
-    if (config.tunnels.length > 0 && req.url?.startsWith('http://')) return proxyMode.forward(req, res, ex, head, expectsContinue);
+    if (head.framing) return ex.refuse('bad_request', { detail: head.framing });
+    const absoluteForm = config.tunnels.length > 0 && req.url?.startsWith('http://');
+    const to = absoluteForm ? await proxyMode.forward(req, ex, head) : await admitRoute(req, res, ex, head);
+    if (!to) return;
+
+    if (expectsContinue) res.writeContinue();
+    ex.settle(await forward(req, res, {
+      upstream: to.upstream,
+      agent: to.agent,
+      path: to.path,
+      timeouts: config.timeouts,
+      headers: upstreamHeaders(req.rawHeaders, {
+        tokenHeader,
+        upstreamHost: to.authority ?? to.upstream.host,
+        requestedHost: to.authority,
+        claims: to.claims,
+        forwardClaims: to.forwardClaims,
+        clientIp: ex.client,
+        trustedPeer: isTrusted(ex.client),
+        requestId: ex.id,
+        bodyFraming: head.bodyFraming,
+      }),
+      hasBody: head.hasBody,
+    }));
+  }
+
+  /** Target, route, method, token, claims: where the request goes, or nothing once it was refused. */
+  async function admitRoute(req: IncomingMessage, res: ServerResponse, ex: Exchange, head: InboundHead): Promise<Admitted | void> {
+    const { entry, refuse } = ex;
     const target = parseTarget(req.url ?? '');
     if (!target) return refuse('bad_request', { detail: 'unsafe request target' });
     entry.path = target.path;
@@ -99,25 +114,7 @@ export function createGateway(config: GatewayConfig, opts: GatewayOptions = {}):
     const decision = evaluate(r.policy, verified.claims);
     if (!decision.allowed) return refuse('claim_mismatch', { claim: decision.claim });
     entry.rule = decision.rule;
-
-    if (expectsContinue) res.writeContinue();
-    ex.settle(await forward(req, res, {
-      upstream: r.upstream,
-      agent: r.agent,
-      path: routed.upstreamPath + target.query,
-      timeouts,
-      headers: upstreamHeaders(req.rawHeaders, {
-        tokenHeader,
-        upstreamHost: r.upstream.host,
-        claims: verified.claims,
-        forwardClaims: r.forwardClaims,
-        clientIp: ex.client,
-        trustedPeer: isTrusted(ex.client),
-        requestId: ex.id,
-        bodyFraming: head.bodyFraming,
-      }),
-      hasBody: head.hasBody,
-    }));
+    return { upstream: r.upstream, agent: r.agent, path: routed.upstreamPath + target.query, claims: verified.claims, forwardClaims: r.forwardClaims };
   }
 
   function isTrusted(ip: string): boolean {

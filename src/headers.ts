@@ -13,6 +13,12 @@ const HOP_BY_HOP = new Set([
 
 const FRAMING = new Set(['content-length', 'transfer-encoding', 'host']);
 
+/** Whether a header has a meaning of its own to HTTP or to us, so that it cannot also carry the token. */
+export function isReservedHeader(name: string): boolean {
+  return HOP_BY_HOP.has(name) || FRAMING.has(name) || ['expect', 'cookie', 'authorization', 'forwarded', 'x-request-id'].includes(name) ||
+    name.startsWith('proxy-') || name.startsWith('x-forwarded-') || name.startsWith('x-oidc-');
+}
+
 export interface InboundHead {
   /** Why the request cannot be forwarded safely, if it cannot. */
   readonly framing?: string;
@@ -154,15 +160,7 @@ export function downstreamHeaders(raw: readonly string[]): OutgoingHttpHeaders {
  * may break a header or inject one.
  */
 export function headerSafe(value: string): string {
-  let plain = true;
-  for (let i = 0; i < value.length; i++) {
-    const c = value.charCodeAt(i);
-    if (c < 0x20 || c > 0x7e || c === 0x25) {
-      plain = false;
-      break;
-    }
-  }
-  if (plain) return value;
+  if (/^[\x20-\x24\x26-\x7e]*$/.test(value)) return value;
   let out = '';
   for (const byte of Buffer.from(value, 'utf8')) {
     out += byte >= 0x20 && byte <= 0x7e && byte !== 0x25 ? String.fromCharCode(byte) : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;

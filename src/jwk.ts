@@ -4,6 +4,7 @@
 // checked here before node:crypto sees it.
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { decodeBase64url } from './base64url.js';
+import { isObject, own } from './jwt.js';
 
 export const MIN_MODULUS_BITS = 2048;
 
@@ -11,16 +12,15 @@ export type ImportedKey = { kid: string; key: KeyObject } | { skipped: string };
 
 /** Imports a JWK as an RS256 verification key, or says why it cannot be one. */
 export function importRsaJwk(jwk: unknown): ImportedKey {
-  if (typeof jwk !== 'object' || jwk === null || Array.isArray(jwk)) return { skipped: 'not an object' };
-  const m = jwk as Record<string, unknown>;
-  const kid = own(m, 'kid');
+  if (!isObject(jwk)) return { skipped: 'not an object' };
+  const kid = own(jwk, 'kid');
   if (typeof kid !== 'string' || kid === '') return { skipped: 'kid missing' };
-  const why = unusable(m);
+  const why = unusable(jwk);
   if (why) return { skipped: `kid ${JSON.stringify(kid)}: ${why}` };
   try {
     // Only the public members are handed over: a key set that leaks "d" must
     // never make us hold a private key.
-    const key = createPublicKey({ key: { kty: 'RSA', n: m.n as string, e: m.e as string }, format: 'jwk' });
+    const key = createPublicKey({ key: { kty: 'RSA', n: jwk.n as string, e: jwk.e as string }, format: 'jwk' });
     return { kid, key };
   } catch {
     return { skipped: `kid ${JSON.stringify(kid)}: rejected by node:crypto` };
@@ -52,8 +52,4 @@ function modulusBits(n: Buffer): number {
   while (i < n.length && n[i] === 0) i++;
   if (i === n.length) return 0;
   return (n.length - i - 1) * 8 + (32 - Math.clz32(n[i]!));
-}
-
-function own(m: Record<string, unknown>, name: string): unknown {
-  return Object.hasOwn(m, name) ? m[name] : undefined;
 }

@@ -6,7 +6,7 @@ import { readFile, stat } from 'node:fs/promises';
 import type { KeyObject } from 'node:crypto';
 import { isIPv4 } from 'node:net';
 import { importRsaJwk } from './jwk.js';
-import type { KeyResolver } from './jwt.js';
+import { isObject, type KeyResolver } from './jwt.js';
 
 export const KEYSET_DEFAULTS = {
   fetchTimeoutMs: 5_000,
@@ -83,14 +83,14 @@ export function createKeySet(opts: KeySetOptions): KeySet {
   let keys = new Map<string, KeyObject>();
   let lastGoodFetch: number | undefined;
   let expiresAt = 0;
+  // Refresh once 80% of the max age has passed, so no request waits on it.
+  let refreshAt = Infinity;
   let lastAttempt = -Infinity;
   let inflight: Promise<boolean> | undefined;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let stopped = false;
 
   const usable = (t: number) => keys.size > 0 && t < expiresAt + staleIfErrorMs;
-  // Refresh once 80% of the max age has passed, so no request waits on it.
-  const refreshDue = (t: number) => lastGoodFetch !== undefined && t >= lastGoodFetch + (expiresAt - lastGoodFetch) * 0.8;
 
   async function load(): Promise<{ body: unknown; maxAgeMs: number }> {
     if (opts.jwksFile !== undefined) {
@@ -144,6 +144,7 @@ export function createKeySet(opts: KeySetOptions): KeySet {
       keys = next;
       lastGoodFetch = t;
       expiresAt = t + maxAgeMs;
+      refreshAt = t + maxAgeMs * 0.8;
       log({ kind: 'keys', issuer, result: 'ok', keys: next.size });
       return true;
     } catch (err) {
@@ -153,9 +154,7 @@ export function createKeySet(opts: KeySetOptions): KeySet {
   }
 
   function refresh(): Promise<boolean> {
-    inflight ??= fetchKeys().finally(() => {
-      inflight = undefined;
-    });
+    inflight ??= fetchKeys().finally(() => (inflight = undefined));
     return inflight;
   }
 
@@ -166,7 +165,7 @@ export function createKeySet(opts: KeySetOptions): KeySet {
       if (mayFetch) await refresh();
       return usable(now()) ? (keys.get(kid) ?? 'kid_unknown') : 'jwks_unavailable';
     }
-    if (refreshDue(t) && mayFetch) void refresh();
+    if (t >= refreshAt && mayFetch) void refresh();
     const key = keys.get(kid);
     if (key) return key;
     // An unknown kid may be a rotation: look again, at most once per cooldown.
@@ -175,18 +174,12 @@ export function createKeySet(opts: KeySetOptions): KeySet {
     return keys.get(kid) ?? 'kid_unknown';
   }
 
-  function schedule(delayMs: number, failures: number): void {
+  /** Arms the next refresh; `failures` counts the failed fetches in a row. */
+  function schedule(failures: number): void {
     if (stopped) return;
-    timer = setTimeout(() => {
-      void refresh().then((ok) => {
-        const t = now();
-        // After a failure, back off (1 s, 2 s, 4 s ... up to the cooldown) whether or not stale keys still serve.
-        const nextDelay = ok
-          ? Math.max(1_000, lastGoodFetch! + (expiresAt - lastGoodFetch!) * 0.8 - t)
-          : Math.min(1_000 * 2 ** failures, Math.max(cooldownMs, 1_000));
-        schedule(nextDelay, ok ? 0 : failures + 1);
-      });
-    }, delayMs);
+    // After a failure, back off (1 s, 2 s, 4 s ... up to the cooldown) whether or not stale keys still serve.
+    const delay = failures === 0 ? Math.max(1_000, refreshAt - now()) : Math.min(1_000 * 2 ** (failures - 1), Math.max(cooldownMs, 1_000));
+    timer = setTimeout(() => void refresh().then((ok) => schedule(ok ? 0 : failures + 1)), delay);
     timer.unref?.();
   }
 
@@ -198,7 +191,7 @@ export function createKeySet(opts: KeySetOptions): KeySet {
       stopped = false;
       const ok = await refresh();
       clearTimeout(timer);
-      schedule(ok ? Math.max(1_000, (expiresAt - now()) * 0.8) : 1_000, ok ? 0 : 1);
+      schedule(ok ? 0 : 1);
       return ok;
     },
     stop() {
@@ -234,10 +227,6 @@ async function readCapped(res: Response, maxBytes: number): Promise<string> {
     chunks.push(chunk);
   }
   return new TextDecoder('utf-8', { fatal: true }).decode(Buffer.concat(chunks));
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 function describe(err: unknown): string {

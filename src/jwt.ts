@@ -140,16 +140,20 @@ function parseObject(segment: string): Record<string, unknown> | undefined {
   if (!bytes || bytes.length === 0) return undefined;
   try {
     const value: unknown = JSON.parse(utf8.decode(bytes));
-    return typeof value === 'object' && value !== null && !Array.isArray(value)
-      ? (value as Record<string, unknown>)
-      : undefined;
+    return isObject(value) ? value : undefined;
   } catch {
     // Invalid UTF-8, invalid JSON, or nesting deeper than the parser's stack.
     return undefined;
   }
 }
 
-function own(o: Record<string, unknown>, name: string): unknown {
+/** A JSON object: not null, not an array. */
+export function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** An own member, or undefined: nothing inherited (such as `constructor`) is ever read as a claim or a key member. */
+export function own(o: Readonly<Record<string, unknown>>, name: string): unknown {
   return Object.hasOwn(o, name) ? o[name] : undefined;
 }
 
@@ -157,8 +161,6 @@ function own(o: Record<string, unknown>, name: string): unknown {
 // object with defineProperty keeps it a plain, harmless claim name.
 function freezeClaims(p: Record<string, unknown>): Claims {
   const claims = Object.create(null) as Record<string, unknown>;
-  for (const name of Object.keys(p)) {
-    Object.defineProperty(claims, name, { value: p[name], enumerable: true });
-  }
+  for (const name of Object.keys(p)) Object.defineProperty(claims, name, { value: p[name], enumerable: true });
   return Object.freeze(claims);
 }

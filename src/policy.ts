@@ -4,20 +4,16 @@
 // in which `*` stands for any run of characters. Claim values are chosen by
 // whoever pushes a branch, so patterns are never turned into a RegExp: each
 // literal piece is searched once, left to right, with no backtracking.
-import type { Claims } from './jwt.js';
+import { isObject, own, type Claims } from './jwt.js';
 
 export type Rule = Readonly<Record<string, string | readonly string[]>>;
 
 /** A pattern split on `*`: one piece means an exact match. */
 type Glob = readonly string[];
 
-interface CompiledRule {
-  readonly claims: readonly { readonly name: string; readonly alternatives: readonly Glob[] }[];
-}
-
-export interface Policy {
-  readonly rules: readonly CompiledRule[];
-}
+/** A rule compiled: each of its claims with the globs it may match. */
+type CompiledRule = readonly { readonly name: string; readonly alternatives: readonly Glob[] }[];
+export type Policy = readonly CompiledRule[];
 
 export type Decision = { readonly allowed: true; readonly rule: number } | { readonly allowed: false; readonly claim: string };
 
@@ -50,18 +46,14 @@ export function matchGlob(glob: Glob, value: string): boolean {
 }
 
 export function compilePolicy(rules: readonly Rule[]): Policy {
-  return {
-    rules: rules.map((rule) => ({
-      claims: Object.keys(rule).map((name) => ({ name, alternatives: patternsOf(rule[name]!).map(compileGlob) })),
-    })),
-  };
+  return rules.map((rule) => Object.keys(rule).map((name) => ({ name, alternatives: patternsOf(rule[name]!).map(compileGlob) })));
 }
 
 /** The first rule that admits the claims, or the first claim that kept the first rule out. */
 export function evaluate(policy: Policy, claims: Claims): Decision {
   let failed: string | undefined;
-  for (let r = 0; r < policy.rules.length; r++) {
-    const miss = firstMismatch(policy.rules[r]!, claims);
+  for (let r = 0; r < policy.length; r++) {
+    const miss = firstMismatch(policy[r]!, claims);
     if (miss === undefined) return { allowed: true, rule: r };
     failed ??= miss;
   }
@@ -69,7 +61,7 @@ export function evaluate(policy: Policy, claims: Claims): Decision {
 }
 
 function firstMismatch(rule: CompiledRule, claims: Claims): string | undefined {
-  for (const { name, alternatives } of rule.claims) {
+  for (const { name, alternatives } of rule) {
     const value = claimText(claims, name);
     if (value === undefined || !alternatives.some((g) => matchGlob(g, value))) return name;
   }
@@ -78,15 +70,13 @@ function firstMismatch(rule: CompiledRule, claims: Claims): string | undefined {
 
 /** Own string, number or boolean claims, as text; anything else never matches. */
 export function claimText(claims: Claims, name: string): string | undefined {
-  if (!Object.hasOwn(claims, name)) return undefined;
-  const v = claims[name];
+  const v = own(claims, name);
   return typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean' ? String(v) : undefined;
 }
 
 /** Problems with one allow rule from the config, as [claim name or '', problem]. */
-export function checkRule(rule: unknown, pinIssuer: boolean): [string, string][] {
-  if (typeof rule !== 'object' || rule === null || Array.isArray(rule)) return [['', 'expected an object of claim name to pattern(s)']];
-  const r = rule as Record<string, unknown>;
+export function checkRule(r: unknown, pinIssuer: boolean): [string, string][] {
+  if (!isObject(r)) return [['', 'expected an object of claim name to pattern(s)']];
   const problems: [string, string][] = [];
   for (const name of Object.keys(r)) {
     const v = r[name];

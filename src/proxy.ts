@@ -4,24 +4,16 @@
 import http, { type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import https from 'node:https';
 import { pipeline } from 'node:stream';
+import type { GatewayConfig } from './config.js';
 import type { Reason } from './errors.js';
 import { downstreamHeaders } from './headers.js';
-
-export interface ProxyTimeouts {
-  /** TCP connect to the upstream. */
-  readonly connectMs: number;
-  /** From the request fully sent to the response head (Go's ResponseHeaderTimeout). */
-  readonly headMs: number;
-  /** Silence on the upstream socket at any point. */
-  readonly idleMs: number;
-}
 
 export interface ForwardOptions {
   readonly upstream: URL;
   readonly agent: http.Agent;
   readonly path: string;
   readonly headers: OutgoingHttpHeaders;
-  readonly timeouts: ProxyTimeouts;
+  readonly timeouts: GatewayConfig['timeouts'];
   /** Whether the request has a body to stream; without one the upstream request ends at once. */
   readonly hasBody: boolean;
 }
@@ -73,12 +65,13 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
     });
     out.on('socket', (socket) => {
       if (!socket.connecting) return;
-      timer = setTimeout(giveUp('upstream_timeout'), o.timeouts.connectMs);
+      timer = setTimeout(giveUp('upstream_timeout'), o.timeouts.upstreamConnectMs);
       socket.once('connect', () => clearTimeout(timer));
     });
     out.setTimeout(o.timeouts.idleMs, giveUp('upstream_timeout'));
+    // From the request fully sent to the response head, like Go's ResponseHeaderTimeout.
     out.on('finish', () => {
-      if (upstreamStatus === undefined) timer = setTimeout(giveUp('upstream_timeout'), o.timeouts.headMs);
+      if (upstreamStatus === undefined) timer = setTimeout(giveUp('upstream_timeout'), o.timeouts.upstreamHeadMs);
     });
     out.on('error', () => settle(headSent ? 'upstream_reset' : 'upstream_unreachable'));
     // We strip Upgrade, so an unsolicited 101 is a broken or hostile upstream (Node reports it here, not as a response).

@@ -1,61 +1,48 @@
 // Proxy mode: CONNECT tunnels and absolute-form (plain-HTTP) forward proxying,
 // both admitted by the `tunnels` rules. A destination needs an entry whose
 // `to` names it AND one of that entry's allow rules admitting the token.
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Agent, IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { identityOf, type Log } from './audit.js';
-import type { TunnelConfig } from './config.js';
-import { compileDestinations, parseAuthority, resolveDestination, type Destination, type DestinationMatcher } from './destination.js';
+import type { GatewayConfig } from './config.js';
+import { compileDestinations, parseAuthority, resolveDestination, type Destination } from './destination.js';
 import { beginExchange, type Exchange } from './exchange.js';
-import { inspectHead, upstreamHeaders, type InboundHead } from './headers.js';
+import { inspectHead, type InboundHead } from './headers.js';
 import type { Claims, Verification } from './jwt.js';
-import { compilePolicy, evaluate, type Policy } from './policy.js';
-import { createAgent, forward, type ProxyTimeouts } from './proxy.js';
+import { compilePolicy, evaluate } from './policy.js';
+import { createAgent } from './proxy.js';
 import { openTunnel, type Tunnel } from './tunnel.js';
 
 /** What a client may send after CONNECT before its 200, held until the tunnel opens. */
 const EARLY_BYTES = 64 * 1024;
 
-export interface ProxyModeOptions {
-  readonly tunnels: readonly TunnelConfig[];
-  readonly tokenHeader: string;
-  readonly timeouts: ProxyTimeouts;
-  readonly log: Log;
-  readonly authenticate: (token: string | undefined) => Promise<Verification>;
-  readonly isTrusted: (ip: string) => boolean;
+/** Where an admitted request goes, whether it came by route or as an absolute-form request. */
+export interface Admitted {
+  readonly upstream: URL;
+  readonly agent: Agent;
+  readonly path: string;
+  readonly claims: Claims;
+  readonly forwardClaims: readonly string[];
+  /** An absolute-form request's authority: with such a target the Host header is ignored, also for X-Forwarded-Host (RFC 9112 §3.2.2). */
+  readonly authority?: string;
 }
 
-export interface ProxyMode {
-  /** Serves an absolute-form request (`GET http://host:port/x`). */
-  forward(req: IncomingMessage, res: ServerResponse, ex: Exchange, head: InboundHead, expectsContinue: boolean): Promise<void>;
-  /** Serves a CONNECT request. */
-  connect(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void>;
-  /** Our own bound ports, which no destination may reach. */
-  listening(ports: readonly number[]): void;
-  /** Closes every open tunnel and the forward connection pool; resolves once each tunnel has written its audit line. */
-  stop(): Promise<void>;
-}
-
-interface LiveTunnel extends TunnelConfig {
-  readonly destinations: DestinationMatcher;
-  readonly policy: Policy;
-}
-
-export function createProxyMode(o: ProxyModeOptions): ProxyMode {
-  const tunnels: LiveTunnel[] = o.tunnels.map((t) => ({ ...t, destinations: compileDestinations(t.to), policy: compilePolicy(t.allow) }));
+export function createProxyMode(config: GatewayConfig, log: Log, authenticate: (token: string | undefined) => Promise<Verification>) {
+  const tunnels = config.tunnels.map((t) => ({ ...t, destinations: compileDestinations(t.to), policy: compilePolicy(t.allow) }));
+  const { upstreamConnectMs, idleMs } = config.timeouts;
   const agent = createAgent(new URL('http://forward.invalid'));
-  const open = new Set<Tunnel>();
-  const logged = new Set<Promise<unknown>>();
+  // Open tunnels until their audit line is written.
+  const live = new Set<Tunnel>();
   // Every CONNECT socket from arrival to close, so a shutdown can end those still being admitted.
   const sockets = new Set<Duplex>();
   let stopping = false;
   let ownPorts: readonly number[] = [];
 
   /** Token, then destination, then claims, then the resolved address: the admitted entry and address, or a refusal already answered. */
-  async function admit(ex: Exchange, dest: Destination, head: InboundHead): Promise<{ tunnel: LiveTunnel; claims: Claims; address: string } | undefined> {
+  async function admit(ex: Exchange, dest: Destination, head: InboundHead) {
     // Proxy-Authorization first, else the token header (as with `curl --proxy-header`).
     const token = head.proxyToken === undefined || head.token === undefined ? undefined : head.proxyToken || head.token;
-    const verified = await o.authenticate(token);
+    const verified = await authenticate(token);
     if (!verified.ok) return void ex.refuse(verified.reason);
     ex.entry.identity = identityOf(verified.claims);
     let claim: string | undefined;
@@ -68,7 +55,7 @@ export function createProxyMode(o: ProxyModeOptions): ProxyMode {
         claim ??= decision.claim;
         continue;
       }
-      const resolved = await resolveDestination(dest, t.destinations, ownPorts, o.timeouts.connectMs);
+      const resolved = await resolveDestination(dest, t.destinations, ownPorts, upstreamConnectMs);
       if ('reason' in resolved) return void ex.refuse(resolved.reason);
       return { tunnel: t, claims: verified.claims, address: resolved.address };
     }
@@ -76,16 +63,15 @@ export function createProxyMode(o: ProxyModeOptions): ProxyMode {
   }
 
   return {
-    async forward(req, res, ex, head, expectsContinue) {
+    /** Admits an absolute-form request (`GET http://host:port/x`): where it goes, or nothing once refused. */
+    async forward(req: IncomingMessage, ex: Exchange, head: InboundHead): Promise<Admitted | void> {
       const rest = req.url!.slice('http://'.length);
-      let cut = 0;
-      while (cut < rest.length && rest[cut] !== '/' && rest[cut] !== '?') cut++;
+      const cut = rest.search(/[/?]|$/);
       const authority = rest.slice(0, cut);
       const hasPort = authority.startsWith('[') ? authority.includes(']:') : authority.includes(':');
       const dest = parseAuthority(hasPort ? authority : `${authority}:80`);
       const pathAndQuery = rest[cut] === '/' ? rest.slice(cut) : `/${rest.slice(cut)}`;
       ex.entry.kind = 'forward';
-      ex.proxied = true;
       // No path rules apply to a destination that CONNECT could reach byte for byte anyway:
       // only what would break the request line is refused.
       if (!dest || [...pathAndQuery].some((c) => c <= ' ' || c > '~')) return ex.refuse('bad_request', { detail: 'bad request target' });
@@ -93,24 +79,12 @@ export function createProxyMode(o: ProxyModeOptions): ProxyMode {
       Object.assign(ex.entry, { path: q < 0 ? pathAndQuery : pathAndQuery.slice(0, q), target: `${dest.host}:${dest.port}` });
       const admitted = await admit(ex, dest, head);
       if (!admitted) return;
-      if (expectsContinue) res.writeContinue();
       const host = admitted.address.includes(':') ? `[${admitted.address}]` : admitted.address;
-      ex.settle(await forward(req, res, {
-        upstream: new URL(`http://${host}:${dest.port}`),
-        agent,
-        path: pathAndQuery,
-        timeouts: o.timeouts,
-        headers: upstreamHeaders(req.rawHeaders, {
-          // RFC 9112 §3.2.2: with an absolute-form target the Host header is ignored, also for X-Forwarded-Host.
-          tokenHeader: o.tokenHeader, upstreamHost: authority, requestedHost: authority, claims: admitted.claims, forwardClaims: [],
-          clientIp: ex.client, trustedPeer: o.isTrusted(ex.client), requestId: ex.id, bodyFraming: head.bodyFraming,
-        }),
-        hasBody: head.hasBody,
-      }));
+      return { upstream: new URL(`http://${host}:${dest.port}`), agent, path: pathAndQuery, claims: admitted.claims, forwardClaims: [], authority };
     },
 
-    async connect(req, socket, head) {
-      const ex = beginExchange(req, socket, o.log, 'tunnel');
+    async connect(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+      const ex = beginExchange(req, socket, log, 'tunnel');
       sockets.add(socket);
       socket.once('close', () => sockets.delete(socket));
       // Until a tunnel owns the socket, a client that resets must not crash us. Reading
@@ -125,7 +99,7 @@ export function createProxyMode(o: ProxyModeOptions): ProxyMode {
       // The raw target is not logged: a confused client may have put its token there.
       if (!dest) return ex.refuse('bad_request', { detail: 'bad CONNECT target' });
       ex.entry.target = `${dest.host}:${dest.port}`;
-      const admitted = await admit(ex, dest, inspectHead(req.rawHeaders, o.tokenHeader));
+      const admitted = await admit(ex, dest, inspectHead(req.rawHeaders, config.token.header));
       if (!admitted) return;
       // Admission can take a key refetch and a DNS lookup: dial nothing for a client that has left since.
       socket.off('data', hold).pause();
@@ -137,30 +111,30 @@ export function createProxyMode(o: ProxyModeOptions): ProxyMode {
         t.endWithToken ? (admitted.claims.exp as number) * 1000 : Infinity,
       );
       const tunnel = openTunnel(socket, Buffer.concat(early), {
-        address: admitted.address, port: dest.port, connectTimeoutMs: o.timeouts.connectMs, idleMs: o.timeouts.idleMs,
+        address: admitted.address, port: dest.port, connectTimeoutMs: upstreamConnectMs, idleMs,
         closeAt: Number.isFinite(closeAt) ? closeAt : undefined,
       });
-      open.add(tunnel);
-      logged.add(tunnel.done);
+      live.add(tunnel);
       const outcome = await tunnel.done;
-      open.delete(tunnel);
       const counts = { bytesUp: outcome.bytesUp, bytesDown: outcome.bytesDown, closedBy: outcome.closedBy };
       if (!outcome.established) ex.refuse(outcome.reason ?? 'upstream_unreachable', counts);
       else ex.log(200, outcome.reason, counts);
-      logged.delete(tunnel.done);
+      live.delete(tunnel);
     },
 
-    listening(ports) {
+    /** Our own bound ports, which no destination may reach. */
+    listening(ports: readonly number[]): void {
       ownPorts = [...ports];
     },
 
-    async stop() {
+    /** Closes every open tunnel and the forward connection pool; resolves once each tunnel has written its audit line. */
+    async stop(): Promise<void> {
       stopping = true;
-      for (const t of open) t.close();
+      for (const t of live) t.close();
       for (const s of sockets) s.destroy();
       agent.destroy();
       // The audit line follows tunnel.done by a tick: wait for it, so a shutdown loses no record.
-      while (logged.size > 0) await Promise.allSettled([...logged]).then(() => new Promise((r) => setImmediate(r)));
+      while (live.size > 0) await Promise.allSettled([...live].map((t) => t.done)).then(() => new Promise((r) => setImmediate(r)));
     },
   };
 }

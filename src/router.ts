@@ -62,7 +62,7 @@ export function createRouter<R extends { readonly path: string; readonly upstrea
 }
 
 function rewrite(route: { readonly upstreamPath: string }, rest: string): string {
-  if (rest === '' || rest === '/') return rest === '/' && !route.upstreamPath.endsWith('/') ? `${route.upstreamPath}/` : route.upstreamPath;
+  if (rest === '') return route.upstreamPath;
   const base = route.upstreamPath.endsWith('/') ? route.upstreamPath.slice(0, -1) : route.upstreamPath;
   return base + rest;
 }
