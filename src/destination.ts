@@ -66,12 +66,15 @@ export function checkDestinationPattern(p: string): string | undefined {
   const colon = p.lastIndexOf(':');
   const port = p.slice(colon + 1);
   if (colon <= 0 || !/^[1-9][0-9]{0,4}$/.test(port) || Number(port) > 65535) return 'expected host:port with a port from 1 to 65535';
+  const bracketed = p.startsWith('[');
   const host = stripBrackets(p.slice(0, colon));
+  if (bracketed && isIP(host) !== 6) return 'expected an IPv6 address inside brackets';
   // "*" only as a whole leftmost label: "db*:5432" would admit db.attacker.example, which resolves anywhere.
   // ... and "*.com" would admit any name anyone can register and point at an internal address.
   const rest = host.startsWith('*.') ? host.slice(2) : host;
+  const domain = rest.endsWith('.') ? rest.slice(0, -1) : rest;
   const literal = isIP(rest) === 6 ? `[${rest}]` : rest;
-  if (rest.includes('*') || (rest !== host && (isIP(rest) !== 0 || !rest.replace(/\.$/, '').includes('.'))) || !parseAuthority(`${literal}:1`)) {
+  if (rest.includes('*') || (rest !== host && (isIP(domain) !== 0 || !domain.includes('.'))) || !parseAuthority(`${literal}:1`)) {
     return 'expected a host name, an IP address, or "*." and a domain of two labels or more such as "*.svc.internal"';
   }
   return undefined;

@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import { jsonLines } from './audit.js';
 import { parseConfig, type GatewayConfig } from './config.js';
 import { createGateway } from './gateway.js';
+import type { Rule } from './policy.js';
 import { createListeners } from './server.js';
 
 export const VERSION = '0.1.0';
@@ -54,9 +55,14 @@ function summary(c: GatewayConfig): string {
   for (const i of c.issuers) lines.push(`issuer ${i.issuer} (audience ${i.audiences.join(', ')}; keys from ${i.jwksFile ?? i.jwksUri ?? 'discovery'})`);
   for (const r of c.routes) {
     lines.push(`route ${r.path} -> ${r.upstream.href}${r.methods ? ` [${r.methods.join(', ')}]` : ''}`);
-    for (const rule of r.allow) lines.push(`  allow ${Object.entries(rule).map(([k, v]) => `${k}=${[v].flat().join('|')}`).join(' and ')}`);
+    lines.push(...allowLines(r.allow));
   }
+  for (const t of c.tunnels) lines.push(`tunnel to ${t.to.join(', ')}`, ...allowLines(t.allow));
   return `${lines.join('\n')}\n`;
+}
+
+function allowLines(rules: readonly Rule[]): string[] {
+  return rules.map((rule) => `  allow ${Object.entries(rule).map(([k, v]) => `${k}=${[v].flat().join('|')}`).join(' and ')}`);
 }
 
 function checkRuntime(): string {

@@ -177,6 +177,16 @@ const PROBLEMS: readonly (readonly [path: string, cause: string])[] = [
   ['routes[6].methodz', 'an unknown route key'],
 ];
 
+test('--check prints each tunnel entry with its destinations and allow rules', async () => {
+  const file = writeConfig('tunnels.json', {
+    issuers: [{ issuer: 'https://token.actions.githubusercontent.com', audience: 'api://ActionsOIDCGateway' }],
+    tunnels: [{ to: ['db.internal:5432', '*.svc.internal:443'], allow: [{ repository: 'octo-org/octo-repo', ref: 'refs/heads/main' }] }],
+  });
+  const run = await cli(['--check', '--config', file]);
+  assert.equal(run.code, 0, run.stderr);
+  assert.match(run.stdout, /tunnel to db\.internal:5432, \*\.svc\.internal:443\n  allow repository=octo-org\/octo-repo and ref=refs\/heads\/main/);
+});
+
 test('--check on a config with many problems exits 2 and prints every problem with its JSON path', async () => {
   const upstream = 'http://127.0.0.1:8081/';
   const file = writeConfig('broken.json', {

@@ -44,7 +44,7 @@ test('names match case-insensitively without a trailing dot; IP literals only ex
 const PATTERNS: [string, boolean][] = [
   ['db.internal:5432', true], ['*.svc.internal:443', true], ['10.0.0.5:22', true], ['[fd00::5]:22', true], ['localhost:8080', true],
   ['db.internal', false], ['db.internal:0', false], ['db.internal:70000', false], ['*:443', false], ['*.com:443', false],
-  ['db*:5432', false], ['*.*.internal:443', false], ['svc.*.internal:443', false], ['*.10.0.0.5:22', false], ['user@db:5432', false],
+  ['db*:5432', false], ['*.*.internal:443', false], ['svc.*.internal:443', false], ['*.10.0.0.5:22', false], ['*.10.0.0.5.:22', false], ['[10.0.0.5]:22', false], ['user@db:5432', false],
 ];
 for (const [pattern, valid] of PATTERNS) {
   test(`the to pattern ${JSON.stringify(pattern)} is ${valid ? 'accepted' : 'refused'}`, () => {
