@@ -78,13 +78,14 @@ function bearer(value: string): string {
 }
 
 /** Names of the headers that must not cross this hop: the fixed list and those named in Connection. */
-function hopByHop(raw: readonly string[]): Set<string> {
-  const names = new Set(HOP_BY_HOP);
+function hopByHop(raw: readonly string[]): (name: string) => boolean {
+  // On the hot path: no allocation unless the message names headers in Connection.
+  let named: Set<string> | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     if (raw[i]!.toLowerCase() !== 'connection') continue;
-    for (const n of raw[i + 1]!.split(',')) names.add(n.trim().toLowerCase());
+    for (const n of raw[i + 1]!.split(',')) (named ??= new Set()).add(n.trim().toLowerCase());
   }
-  return names;
+  return named ? (name) => HOP_BY_HOP.has(name) || named!.has(name) : (name) => HOP_BY_HOP.has(name);
 }
 
 /** Adds one header, keeping repeats as an array so none is lost or merged. */
@@ -122,7 +123,7 @@ export function upstreamHeaders(raw: readonly string[], o: UpstreamHeadOptions):
     if (o.trustedPeer && name === 'x-forwarded-for') forwardedFor = forwardedFor ? `${forwardedFor}, ${value}` : value;
     if (o.trustedPeer && name === 'x-forwarded-proto') forwardedProto ||= value;
     if (o.trustedPeer && name === 'x-forwarded-host') forwardedHost ||= value;
-    if (drop.has(name) || name === 'host' || name === 'expect' || name === 'x-request-id') continue;
+    if (drop(name) || name === 'host' || name === 'expect' || name === 'x-request-id') continue;
     // Identity and forwarding headers are ours alone: a client cannot pre-set them.
     if (name.startsWith('x-oidc-') || name.startsWith('x-forwarded-') || name === 'forwarded') continue;
     append(out, name, value);
@@ -149,7 +150,7 @@ export function downstreamHeaders(raw: readonly string[]): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = {};
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toLowerCase();
-    if (!drop.has(name)) append(out, name, raw[i + 1]!);
+    if (!drop(name)) append(out, name, raw[i + 1]!);
   }
   return out;
 }
