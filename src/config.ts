@@ -3,8 +3,8 @@
 import { isIP } from 'node:net';
 import { checkDestinationPattern } from './destination.js';
 import { isReservedHeader } from './headers.js';
-import { checkKeyUrl } from './jwks.js';
-import { isObject } from './jwt.js';
+import { checkKeyUrl, KEYSET_DEFAULTS } from './jwks.js';
+import { isObject, VERIFIER_DEFAULTS } from './jwt.js';
 import { checkRule, type Rule } from './policy.js';
 
 export interface IssuerConfig {
@@ -43,10 +43,14 @@ export interface GatewayConfig {
   readonly tunnels: readonly TunnelConfig[];
 }
 
-/** Every tunable number as [default, min, max]: its default lives here and nowhere else. */
+/** Every tunable number as [default, min, max]; the token and key defaults are those of the modules that use them. */
 const RANGES = {
-  token: { clockSkewSeconds: [60, 0, 600], maxBytes: [8192, 1024, 65_536] },
-  keys: { fetchTimeoutMs: [5_000, 100, 60_000], cooldownMs: [30_000, 1_000, 3_600_000], staleIfErrorMs: [86_400_000, 0, 604_800_000] },
+  token: { clockSkewSeconds: [VERIFIER_DEFAULTS.clockSkewSeconds, 0, 600], maxBytes: [VERIFIER_DEFAULTS.maxTokenBytes, 1024, 65_536] },
+  keys: {
+    fetchTimeoutMs: [KEYSET_DEFAULTS.fetchTimeoutMs, 100, 60_000],
+    cooldownMs: [KEYSET_DEFAULTS.cooldownMs, 1_000, 3_600_000],
+    staleIfErrorMs: [KEYSET_DEFAULTS.staleIfErrorMs, 0, 604_800_000],
+  },
   timeouts: { upstreamConnectMs: [5_000, 10, 600_000], upstreamHeadMs: [30_000, 10, 3_600_000], idleMs: [300_000, 10, 86_400_000], clientHeadersMs: [10_000, 10, 600_000] },
 } as const;
 type Section = keyof typeof RANGES;
