@@ -1,7 +1,5 @@
-// Where a tunnel or a forward-proxied request may go. Destinations are
-// matched on the literal text the client asked for, never on what it resolves
-// to: dns.lookup reads "127.1", "0x7f.0.0.1" and "2130706433" as 127.0.0.1.
-// The resolved address is then checked on its own.
+// Where a tunnel or forward-proxied request may go, matched on the literal text asked for, never on what it resolves to
+// (dns.lookup reads "127.1", "0x7f.0.0.1" and "2130706433" as 127.0.0.1); the resolved address is then checked on its own.
 import { lookup } from 'node:dns/promises';
 import { BlockList, isIP, isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
@@ -16,8 +14,7 @@ export interface Destination {
 
 /** Parses authority-form "host:port" (RFC 9112 §3.2.3): a port is required, userinfo is not allowed. */
 export function parseAuthority(text: string): Destination | undefined {
-  let host: string;
-  let port: string;
+  let host: string, port: string;
   if (text.startsWith('[')) {
     const close = text.indexOf(']');
     if (close < 0 || text[close + 1] !== ':') return undefined;
@@ -32,8 +29,7 @@ export function parseAuthority(text: string): Destination | undefined {
     port = text.slice(colon + 1);
   }
   if (!/^[1-9][0-9]{0,4}$/.test(port) || Number(port) > 65535) return undefined;
-  host = host.toLowerCase();
-  if (host.endsWith('.')) host = host.slice(0, -1);
+  host = host.toLowerCase().replace(/\.$/, '');
   const isIp = isIP(host) !== 0;
   // Host names: letters, digits, dots, dashes and underscores, in labels of 1 to 63.
   if (!isIp && (host.length > 253 || !host.split('.').every((l) => /^[a-z0-9_-]{1,63}$/.test(l)))) return undefined;
@@ -41,7 +37,6 @@ export function parseAuthority(text: string): Destination | undefined {
 }
 
 export interface DestinationMatcher {
-  /** Whether one of the patterns names this destination. */
   matches(d: Destination): boolean;
   /** Whether this exact address and port are listed literally (which overrides the address checks). */
   listsAddress(address: string, port: number): boolean;
@@ -51,8 +46,7 @@ export interface DestinationMatcher {
 export function compileDestinations(patterns: readonly string[]): DestinationMatcher {
   const compiled = patterns.map((p) => {
     const colon = p.lastIndexOf(':');
-    let host = stripBrackets(p.slice(0, colon).toLowerCase());
-    if (host.endsWith('.')) host = host.slice(0, -1);
+    const host = stripBrackets(p.slice(0, colon).toLowerCase()).replace(/\.$/, '');
     return { host, glob: compileGlob(host), port: Number(p.slice(colon + 1)) };
   });
   return {
@@ -66,11 +60,10 @@ export function checkDestinationPattern(p: string): string | undefined {
   const colon = p.lastIndexOf(':');
   const port = p.slice(colon + 1);
   if (colon <= 0 || !/^[1-9][0-9]{0,4}$/.test(port) || Number(port) > 65535) return 'expected host:port with a port from 1 to 65535';
-  const bracketed = p.startsWith('[');
   const host = stripBrackets(p.slice(0, colon));
-  if (bracketed && isIP(host) !== 6) return 'expected an IPv6 address inside brackets';
-  // "*" only as a whole leftmost label: "db*:5432" would admit db.attacker.example, which resolves anywhere.
-  // ... and "*.com" would admit any name anyone can register and point at an internal address.
+  if (p.startsWith('[') && isIP(host) !== 6) return 'expected an IPv6 address inside brackets';
+  // "*" only as a whole leftmost label over two labels or more: "db*:5432" would admit db.attacker.example,
+  // and "*.com" any name anyone can register and point at an internal address.
   const rest = host.startsWith('*.') ? host.slice(2) : host;
   const domain = rest.endsWith('.') ? rest.slice(0, -1) : rest;
   const literal = isIP(rest) === 6 ? `[${rest}]` : rest;
@@ -80,19 +73,15 @@ export function checkDestinationPattern(p: string): string | undefined {
   return undefined;
 }
 
-// Addresses a DNS answer must never turn an allowed name into: link-local
-// (cloud metadata at 169.254.169.254, fe80::/10), other clouds' metadata
-// services, loopback, and the unspecified addresses, which reach this host.
+// Addresses an allowed name must never resolve to: link-local (cloud metadata at 169.254.169.254, fe80::/10),
+// other clouds' metadata services, loopback, and the unspecified addresses, which reach this host.
 const NEVER = new BlockList();
 for (const [net, bits] of [['0.0.0.0', 8], ['127.0.0.0', 8], ['169.254.0.0', 16]] as const) NEVER.addSubnet(net, bits, 'ipv4');
 for (const ip of ['100.100.100.200', '168.63.129.16', '192.0.0.192']) NEVER.addAddress(ip, 'ipv4');
 // ::/96 holds ::, ::1 and the IPv4-compatible forms of the addresses above.
 for (const [net, bits] of [['::', 96], ['fe80::', 10], ['fd00:ec2::254', 128]] as const) NEVER.addSubnet(net, bits, 'ipv6');
 
-/**
- * Whether a resolved address may be dialled: never one of the above, and never
- * one of our own listeners on a local interface, unless listed literally.
- */
+/** Whether a resolved address may be dialled: never one of the above, nor our own listener on a local interface, unless listed literally. */
 export function addressAllowed(address: string, port: number, ownPorts: readonly number[], listed: boolean): boolean {
   if (listed) return true;
   const plain = address.startsWith('::ffff:') && isIPv4(address.slice(7)) ? address.slice(7) : address;
@@ -117,6 +106,4 @@ export async function resolveDestination(d: Destination, m: DestinationMatcher, 
   return addressAllowed(address, d.port, ownPorts, m.listsAddress(address, d.port)) ? { address } : { reason: 'connect_target_denied' };
 }
 
-function stripBrackets(host: string): string {
-  return host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
-}
+const stripBrackets = (host: string) => (host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host);

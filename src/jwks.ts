@@ -1,7 +1,5 @@
-// One trusted issuer's key set (RFC 7517 §5): found through OpenID discovery,
-// an explicit jwks_uri, or a local file; cached, refreshed in the background,
-// refetched for an unknown kid at most once per cooldown, and served stale
-// for a bounded time when the issuer is down.
+// One trusted issuer's key set (RFC 7517 §5), from OpenID discovery, a jwks_uri or a file: cached, refreshed
+// in the background, refetched for an unknown kid at most once per cooldown, served stale for a bounded time if the issuer is down.
 import { readFile, stat } from 'node:fs/promises';
 import type { KeyObject } from 'node:crypto';
 import { isIPv4 } from 'node:net';
@@ -9,13 +7,8 @@ import { importRsaJwk } from './jwk.js';
 import { isObject, type KeyResolver } from './jwt.js';
 
 export const KEYSET_DEFAULTS = {
-  fetchTimeoutMs: 5_000,
-  cooldownMs: 30_000,
-  maxAgeMs: 600_000,
-  minMaxAgeMs: 60_000,
-  maxMaxAgeMs: 86_400_000,
-  staleIfErrorMs: 86_400_000,
-  maxBodyBytes: 1024 * 1024,
+  fetchTimeoutMs: 5_000, cooldownMs: 30_000, maxAgeMs: 600_000, minMaxAgeMs: 60_000, maxMaxAgeMs: 86_400_000,
+  staleIfErrorMs: 86_400_000, maxBodyBytes: 1024 * 1024,
 } as const;
 
 export interface KeySetOptions {
@@ -49,12 +42,8 @@ export interface KeySet {
 
 /** https, or plain http to a loopback host (tests and sidecars). Returns a problem or undefined. */
 export function checkKeyUrl(text: string): string | undefined {
-  let url: URL;
-  try {
-    url = new URL(text);
-  } catch {
-    return 'expected an absolute URL';
-  }
+  if (!URL.canParse(text)) return 'expected an absolute URL';
+  const url = new URL(text);
   if (url.username || url.password) return 'must not carry credentials';
   if (url.protocol === 'https:') return undefined;
   // Loopback by address, not by name: "127.attacker.example" is anyone's.
@@ -64,17 +53,16 @@ export function checkKeyUrl(text: string): string | undefined {
 }
 
 export function createKeySet(opts: KeySetOptions): KeySet {
-  const fetchTimeoutMs = opts.fetchTimeoutMs ?? KEYSET_DEFAULTS.fetchTimeoutMs;
-  const cooldownMs = opts.cooldownMs ?? KEYSET_DEFAULTS.cooldownMs;
-  const staleIfErrorMs = opts.staleIfErrorMs ?? KEYSET_DEFAULTS.staleIfErrorMs;
+  if (opts.jwksUri !== undefined && opts.jwksFile !== undefined) throw new TypeError('jwksUri and jwksFile: give at most one');
+  const [fetchTimeoutMs, cooldownMs, staleIfErrorMs] = (['fetchTimeoutMs', 'cooldownMs', 'staleIfErrorMs'] as const).map((name) => {
+    const ms = opts[name] ?? KEYSET_DEFAULTS[name];
+    if (!(Number.isFinite(ms) && ms >= 0)) throw new TypeError(`${name}: expected a number >= 0`);
+    return ms;
+  });
   const doFetch = opts.fetch ?? globalThis.fetch;
   const now = opts.now ?? Date.now;
   const log = opts.log ?? (() => {});
   const issuer = opts.issuer;
-  if (opts.jwksUri !== undefined && opts.jwksFile !== undefined) throw new TypeError('jwksUri and jwksFile: give at most one');
-  for (const [name, v] of [['fetchTimeoutMs', fetchTimeoutMs], ['cooldownMs', cooldownMs], ['staleIfErrorMs', staleIfErrorMs]] as const) {
-    if (!(Number.isFinite(v) && v >= 0)) throw new TypeError(`${name}: expected a number >= 0`);
-  }
   for (const [name, url] of [['issuer', issuer], ['jwksUri', opts.jwksUri]] as const) {
     const problem = url === undefined ? undefined : checkKeyUrl(url);
     if (problem) throw new TypeError(`${name}: ${problem}`);
@@ -99,8 +87,7 @@ export function createKeySet(opts: KeySetOptions): KeySet {
     }
     let jwksUri = opts.jwksUri;
     if (jwksUri === undefined) {
-      const base = issuer.endsWith('/') ? issuer.slice(0, -1) : issuer;
-      const { body } = await getJson(`${base}/.well-known/openid-configuration`);
+      const { body } = await getJson(`${issuer.replace(/\/$/, '')}/.well-known/openid-configuration`);
       const doc = isObject(body) ? body : {};
       if (doc.issuer !== issuer) throw new Error('discovery document names another issuer');
       let problem = typeof doc.jwks_uri === 'string' ? checkKeyUrl(doc.jwks_uri) : 'missing';
@@ -113,17 +100,13 @@ export function createKeySet(opts: KeySetOptions): KeySet {
   }
 
   async function getJson(url: string): Promise<{ body: unknown; maxAgeMs: number }> {
-    const res = await doFetch(url, {
-      redirect: 'manual',
-      headers: { accept: 'application/json' },
-      signal: AbortSignal.timeout(fetchTimeoutMs),
-    });
-    if (res.status !== 200) {
+    const res = await doFetch(url, { redirect: 'manual', headers: { accept: 'application/json' }, signal: AbortSignal.timeout(fetchTimeoutMs) });
+    // A declared length over the cap is refused before any read, like a bad status.
+    if (res.status !== 200 || Number(res.headers.get('content-length') ?? 0) > KEYSET_DEFAULTS.maxBodyBytes) {
       await res.body?.cancel().catch(() => {});
-      throw new Error(`${url} answered ${res.status}`);
+      throw new Error(res.status !== 200 ? `${url} answered ${res.status}` : 'body over 1 MiB');
     }
-    const text = await readCapped(res, KEYSET_DEFAULTS.maxBodyBytes);
-    return { body: JSON.parse(text), maxAgeMs: maxAgeOf(res.headers.get('cache-control')) };
+    return { body: JSON.parse(await readCapped(res)), maxAgeMs: maxAgeOf(res.headers.get('cache-control')) };
   }
 
   async function fetchKeys(): Promise<boolean> {
@@ -140,11 +123,10 @@ export function createKeySet(opts: KeySetOptions): KeySet {
         else next.set(imported.kid, imported.key);
       }
       if (next.size === 0) throw new Error('no usable RS256 key in the set');
-      const t = now();
       keys = next;
-      lastGoodFetch = t;
-      expiresAt = t + maxAgeMs;
-      refreshAt = t + maxAgeMs * 0.8;
+      lastGoodFetch = now();
+      expiresAt = lastGoodFetch + maxAgeMs;
+      refreshAt = lastGoodFetch + maxAgeMs * 0.8;
       log({ kind: 'keys', issuer, result: 'ok', keys: next.size });
       return true;
     } catch (err) {
@@ -153,10 +135,7 @@ export function createKeySet(opts: KeySetOptions): KeySet {
     }
   }
 
-  function refresh(): Promise<boolean> {
-    inflight ??= fetchKeys().finally(() => (inflight = undefined));
-    return inflight;
-  }
+  const refresh = (): Promise<boolean> => (inflight ??= fetchKeys().finally(() => (inflight = undefined)));
 
   async function resolveKey(kid: string): Promise<KeyObject | 'kid_unknown' | 'jwks_unavailable'> {
     const t = now();
@@ -166,18 +145,14 @@ export function createKeySet(opts: KeySetOptions): KeySet {
       return usable(now()) ? (keys.get(kid) ?? 'kid_unknown') : 'jwks_unavailable';
     }
     if (t >= refreshAt && mayFetch) void refresh();
-    const key = keys.get(kid);
-    if (key) return key;
     // An unknown kid may be a rotation: look again, at most once per cooldown.
-    if (!mayFetch) return 'kid_unknown';
-    await refresh();
+    if (!keys.has(kid) && mayFetch) await refresh();
     return keys.get(kid) ?? 'kid_unknown';
   }
 
-  /** Arms the next refresh; `failures` counts the failed fetches in a row. */
+  // `failures` in a row: back off 1 s, 2 s, 4 s ... up to the cooldown, whether or not stale keys still serve.
   function schedule(failures: number): void {
     if (stopped) return;
-    // After a failure, back off (1 s, 2 s, 4 s ... up to the cooldown) whether or not stale keys still serve.
     const delay = failures === 0 ? Math.max(1_000, refreshAt - now()) : Math.min(1_000 * 2 ** (failures - 1), Math.max(cooldownMs, 1_000));
     timer = setTimeout(() => void refresh().then((ok) => schedule(ok ? 0 : failures + 1)), delay);
     timer.unref?.();
@@ -212,18 +187,13 @@ function maxAgeOf(cacheControl: string | null): number {
   return Math.min(Math.max(ms, KEYSET_DEFAULTS.minMaxAgeMs), KEYSET_DEFAULTS.maxMaxAgeMs);
 }
 
-async function readCapped(res: Response, maxBytes: number): Promise<string> {
-  const declared = Number(res.headers.get('content-length') ?? 0);
-  if (declared > maxBytes) {
-    await res.body?.cancel().catch(() => {});
-    throw new Error('body over 1 MiB');
-  }
-  if (!res.body) return '';
+// Counts the streamed bytes rather than trusting Content-Length; leaving the loop early cancels the body.
+async function readCapped(res: Response): Promise<string> {
   const chunks: Uint8Array[] = [];
   let total = 0;
-  for await (const chunk of res.body as AsyncIterable<Uint8Array>) {
+  for await (const chunk of (res.body ?? []) as AsyncIterable<Uint8Array>) {
     total += chunk.byteLength;
-    if (total > maxBytes) throw new Error('body over 1 MiB');
+    if (total > KEYSET_DEFAULTS.maxBodyBytes) throw new Error('body over 1 MiB');
     chunks.push(chunk);
   }
   return new TextDecoder('utf-8', { fatal: true }).decode(Buffer.concat(chunks));

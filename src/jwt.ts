@@ -1,10 +1,8 @@
-// Verifies a compact JWS carrying a JWT (RFC 7515, 7519), following RFC 8725.
-// The order is fixed and each step only runs when the one before it passed:
+// Verifies a compact JWS carrying a JWT (RFC 7515, 7519, 8725) in a fixed order, each step only if the one before passed:
 //   1. parse:     size cap, three canonical base64url segments, JSON objects
 //   2. alg:       exactly RS256; typ JWT if present; no crit, no b64
-//   3. key:       the unverified iss only picks which trusted issuer's key set
-//                 to ask; the kid picks the key in it. Keys named or carried by
-//                 the token (jku, x5u, jwk, x5c) are never looked at.
+//   3. key:       the unverified iss only picks which trusted issuer's key set to ask, the kid the key in it;
+//                 keys named or carried by the token (jku, x5u, jwk, x5c) are never looked at
 //   4. signature: RSASSA-PKCS1-v1_5 with SHA-256 through node:crypto
 //   5. claims:    iss, aud, exp, nbf, iat (and max age), with clock skew
 import { verify, type KeyObject } from 'node:crypto';
@@ -23,9 +21,7 @@ export interface TrustedIssuer {
 /** Verified claims: frozen, null-prototype, own properties only. */
 export type Claims = Readonly<Record<string, unknown>>;
 
-export type Verification =
-  | { readonly ok: true; readonly claims: Claims }
-  | { readonly ok: false; readonly reason: TokenReason };
+export type Verification = { readonly ok: true; readonly claims: Claims } | { readonly ok: false; readonly reason: TokenReason };
 
 export interface VerifierOptions {
   readonly issuers: readonly TrustedIssuer[];
@@ -41,9 +37,7 @@ export const VERIFIER_DEFAULTS = { clockSkewSeconds: 60, maxTokenBytes: 8 * 1024
 
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
-function fail(reason: TokenReason): Verification {
-  return { ok: false, reason };
-}
+const fail = (reason: TokenReason): Verification => ({ ok: false, reason });
 
 /** Returns a function that verifies one token and never throws. */
 export function createTokenVerifier(opts: VerifierOptions): (token: string) => Promise<Verification> {
@@ -59,15 +53,12 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
 
   return async function verifyToken(token: string): Promise<Verification> {
     // 1. parse
-    if (typeof token !== 'string') return fail('token_malformed');
-    if (token.length === 0) return fail('token_missing');
-    if (token.length > maxBytes) return fail('token_malformed');
-    const dot1 = token.indexOf('.');
-    const dot2 = dot1 < 0 ? -1 : token.indexOf('.', dot1 + 1);
-    if (dot2 < 0 || token.indexOf('.', dot2 + 1) >= 0) return fail('token_malformed');
-    const header = parseObject(token.slice(0, dot1));
-    const payload = parseObject(token.slice(dot1 + 1, dot2));
-    const signature = decodeBase64url(token.slice(dot2 + 1));
+    if (token === '') return fail('token_missing');
+    if (typeof token !== 'string' || token.length > maxBytes) return fail('token_malformed');
+    const parts = token.split('.');
+    if (parts.length !== 3) return fail('token_malformed');
+    const [header, payload] = [parts[0]!, parts[1]!].map(parseObject);
+    const signature = decodeBase64url(parts[2]!);
     // An empty signature (an unsecured JWS) gets past parsing so it is refused as alg_not_allowed.
     if (!header || !payload || !signature) return fail('token_malformed');
 
@@ -84,22 +75,16 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
     const iss = own(payload, 'iss');
     const trusted = typeof iss === 'string' ? byIssuer.get(iss) : undefined;
     if (!trusted) return fail('issuer_mismatch');
-    let key: Awaited<ReturnType<KeyResolver>>;
-    try {
-      key = await trusted.resolveKey(kid);
-    } catch {
-      return fail('jwks_unavailable');
-    }
+    // A resolver that throws anyway, even synchronously, counts as an unavailable key set.
+    const key = await Promise.resolve().then(() => trusted.resolveKey(kid)).catch(() => 'jwks_unavailable' as const);
     if (typeof key === 'string') return fail(key);
 
     // 4. signature over the exact bytes received
-    let valid = false;
     try {
-      valid = verify('sha256', Buffer.from(token.slice(0, dot2), 'latin1'), key, signature);
+      if (!verify('sha256', Buffer.from(`${parts[0]}.${parts[1]}`, 'latin1'), key, signature)) return fail('signature_invalid');
     } catch {
-      valid = false;
+      return fail('signature_invalid');
     }
-    if (!valid) return fail('signature_invalid');
 
     // 5. claims, now that they are known to come from the issuer
     const reason = checkClaims(payload, trusted, now() / 1000, skew, maxAge);
@@ -107,32 +92,21 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
   };
 }
 
-function checkClaims(
-  p: Record<string, unknown>,
-  trusted: TrustedIssuer,
-  nowSeconds: number,
-  skew: number,
-  maxAge: number | undefined,
-): TokenReason | undefined {
+function checkClaims(p: Record<string, unknown>, trusted: TrustedIssuer, nowSeconds: number, skew: number, maxAge: number | undefined): TokenReason | undefined {
   if (own(p, 'iss') !== trusted.issuer) return 'issuer_mismatch';
-  const exp = own(p, 'exp');
-  const nbf = own(p, 'nbf');
-  const iat = own(p, 'iat');
+  const [exp, nbf, iat] = ['exp', 'nbf', 'iat'].map((name) => own(p, name));
   if (!isTime(exp) || (nbf !== undefined && !isTime(nbf)) || (iat !== undefined && !isTime(iat))) return 'token_malformed';
   if (maxAge !== undefined && iat === undefined) return 'token_malformed';
   const aud = own(p, 'aud');
   const audiences = typeof aud === 'string' ? [aud] : Array.isArray(aud) ? aud : [];
   if (!audiences.some((a) => typeof a === 'string' && trusted.audiences.includes(a))) return 'audience_mismatch';
   if (!(nowSeconds < exp + skew)) return 'token_expired';
-  if (nbf !== undefined && nbf > nowSeconds + skew) return 'token_not_yet_valid';
-  if (iat !== undefined && iat > nowSeconds + skew) return 'token_not_yet_valid';
+  if ((nbf !== undefined && nbf > nowSeconds + skew) || (iat !== undefined && iat > nowSeconds + skew)) return 'token_not_yet_valid';
   if (maxAge !== undefined && nowSeconds - (iat as number) > maxAge + skew) return 'token_expired';
   return undefined;
 }
 
-function isTime(v: unknown): v is number {
-  return typeof v === 'number' && Number.isFinite(v);
-}
+const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
 
 /** Decodes one segment to a JSON object, or undefined for anything else. */
 function parseObject(segment: string): Record<string, unknown> | undefined {
@@ -147,20 +121,10 @@ function parseObject(segment: string): Record<string, unknown> | undefined {
   }
 }
 
-/** A JSON object: not null, not an array. */
-export function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
+export const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** An own member, or undefined: nothing inherited (such as `constructor`) is ever read as a claim or a key member. */
-export function own(o: Readonly<Record<string, unknown>>, name: string): unknown {
-  return Object.hasOwn(o, name) ? o[name] : undefined;
-}
+export const own = (o: Readonly<Record<string, unknown>>, name: string): unknown => (Object.hasOwn(o, name) ? o[name] : undefined);
 
-// JSON.parse makes "__proto__" an own property; copying onto a null-prototype
-// object with defineProperty keeps it a plain, harmless claim name.
-function freezeClaims(p: Record<string, unknown>): Claims {
-  const claims = Object.create(null) as Record<string, unknown>;
-  for (const name of Object.keys(p)) Object.defineProperty(claims, name, { value: p[name], enumerable: true });
-  return Object.freeze(claims);
-}
+// JSON.parse makes "__proto__" an own property; defined by descriptor on a null-prototype object it stays a harmless claim name.
+const freezeClaims = (p: Record<string, unknown>): Claims => Object.freeze(Object.defineProperties(Object.create(null), Object.getOwnPropertyDescriptors(p)));

@@ -1,6 +1,5 @@
-// Streams one admitted request to its upstream and the answer back, with
-// backpressure both ways and nothing buffered whole. The caller builds the
-// outgoing head; this module owns sockets, timeouts and the failure reasons.
+// Streams one admitted request to its upstream and the answer back, with backpressure and nothing buffered whole.
+// The caller builds the outgoing head; this module owns sockets, timeouts and the failure reasons.
 import http, { type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import https from 'node:https';
 import { pipeline } from 'node:stream';
@@ -14,7 +13,7 @@ export interface ForwardOptions {
   readonly path: string;
   readonly headers: OutgoingHttpHeaders;
   readonly timeouts: GatewayConfig['timeouts'];
-  /** Whether the request has a body to stream; without one the upstream request ends at once. */
+  /** Without a body the upstream request ends at once. */
   readonly hasBody: boolean;
 }
 
@@ -35,16 +34,13 @@ export function createAgent(upstream: URL): http.Agent {
 /** Forwards `req` and streams the answer into `res`. Resolves once both sides are done; never rejects. */
 export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOptions): Promise<ForwardOutcome> {
   return new Promise((resolve) => {
-    let bytesIn = 0;
-    let bytesOut = 0;
+    let bytesIn = 0, bytesOut = 0;
     let upstreamStatus: number | undefined;
     let headSent = false;
-    let settled = false;
     let timer: ReturnType<typeof setTimeout> | undefined;
 
+    // Only the first outcome counts: resolve ignores later calls.
     const settle = (reason?: Reason) => {
-      if (settled) return;
-      settled = true;
       clearTimeout(timer);
       resolve({ reason, headSent, upstreamStatus, bytesIn, bytesOut });
     };
@@ -80,15 +76,11 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
       settle('upstream_unreachable');
     });
 
-    // The client going away cancels the upstream exchange, whatever stage it is at.
-    // (pipeline also closes res when the upstream fails mid-body; Bun reports that
-    // close before the pipeline callback, so the upstream's failure is noted first.)
+    // The client going away cancels the upstream exchange at any stage. (pipeline also closes res when the upstream
+    // fails mid-body; Bun reports that close before the pipeline callback, so the upstream's failure is noted first.)
     let upstreamFailed = false;
     res.on('close', () => {
-      if (!res.writableFinished) {
-        out.destroy();
-        settle(upstreamFailed ? 'upstream_reset' : 'client_aborted');
-      }
+      if (!res.writableFinished) giveUp(upstreamFailed ? 'upstream_reset' : 'client_aborted')();
     });
     req.on('data', (chunk: Buffer) => (bytesIn += chunk.length));
     req.on('error', () => out.destroy());
@@ -100,26 +92,20 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
     out.on('response', (upstreamRes) => {
       clearTimeout(timer);
       upstreamStatus = upstreamRes.statusCode ?? 502;
-      // We strip Upgrade, so a 1xx as the final answer is a broken or hostile upstream.
-      if (upstreamStatus < 200) {
-        upstreamRes.destroy();
-        return settle('upstream_unreachable');
-      }
       try {
+        // We strip Upgrade, so a 1xx as the final answer is a broken or hostile upstream (as is a head writeHead refuses).
+        if (upstreamStatus < 200) throw new RangeError('1xx as the final answer');
         res.writeHead(upstreamStatus, downstreamHeaders(upstreamRes.rawHeaders));
         headSent = true;
       } catch {
         upstreamRes.destroy();
-        settle('upstream_unreachable');
-        return;
+        return settle('upstream_unreachable');
       }
       upstreamRes.on('data', (chunk: Buffer) => (bytesOut += chunk.length));
-      upstreamRes.on('error', () => (upstreamFailed = true));
-      upstreamRes.on('aborted', () => (upstreamFailed = true));
+      for (const event of ['error', 'aborted']) upstreamRes.on(event, () => (upstreamFailed = true));
       pipeline(upstreamRes, res, (err) => {
         if (!err) return settle();
-        // Mid-body failure: the head is out, so end the client's response abruptly rather than pretend.
-        // (A client that left first was already settled as client_aborted.)
+        // Mid-body failure: the head is out, so cut the response rather than pretend (a client that left first is already settled).
         res.destroy();
         settle('upstream_reset');
       });

@@ -1,7 +1,5 @@
-// Which route a request target belongs to, and the path it gets upstream.
-// The request line is only ever read as text here: never handed to new URL,
-// which lets `http://host/x` or `//host/x` replace the upstream's host and
-// turns `%2e%2e` and backslashes into `..` and `/`.
+// Which route a request target belongs to, and its upstream path. The request line is only read as text, never handed to
+// new URL, which lets `http://host/x` or `//host/x` replace the upstream's host and turns `%2e%2e` and `\` into `..` and `/`.
 
 export interface Target {
   readonly path: string;
@@ -16,11 +14,9 @@ export function parseTarget(url: string): Target | undefined {
   if (url.length === 0 || url[0] !== '/' || url.startsWith('//')) return undefined;
   const q = url.indexOf('?');
   const path = q < 0 ? url : url.slice(0, q);
-  for (let i = 0; i < url.length; i++) {
-    const c = url.charCodeAt(i);
-    // Controls, space, DEL and anything outside ASCII must be percent-encoded.
-    if (c <= 0x20 || c >= 0x7f || (i < path.length && c === 0x5c)) return undefined;
-  }
+  // Controls, space, DEL and anything outside ASCII must be percent-encoded; no backslash in the path, and no path
+  // parameters: servlet containers read "/admin;x/secret" as "/admin/secret".
+  if (/[\x00-\x20\x7f-\uffff]/.test(url) || /[\\;]/.test(path)) return undefined;
   for (let i = path.indexOf('%'); i >= 0; i = path.indexOf('%', i + 1)) {
     const hex = path.slice(i + 1, i + 3).toLowerCase();
     if (!/^[0-9a-f]{2}$/.test(hex)) return undefined;
@@ -30,13 +26,7 @@ export function parseTarget(url: string): Target | undefined {
     // would miss the /admin route here and still reach /admin upstream, which decodes.
     if (hex === '25' || UNRESERVED.includes(String.fromCharCode(parseInt(hex, 16)))) return undefined;
   }
-  // Path parameters: servlet containers read "/admin;x/secret" as "/admin/secret".
-  if (path.includes(';')) return undefined;
-  const segments = path.split('/');
-  for (let i = 1; i < segments.length; i++) {
-    const s = segments[i];
-    if (s === '.' || s === '..' || (s === '' && i < segments.length - 1)) return undefined;
-  }
+  if (path.split('/').some((s, i, all) => i > 0 && (s === '.' || s === '..' || (s === '' && i < all.length - 1)))) return undefined;
   return { path, query: q < 0 ? '' : url.slice(q) };
 }
 
@@ -53,16 +43,13 @@ export function createRouter<R extends { readonly path: string; readonly upstrea
     let prefix = path.length > 1 && path.endsWith('/') ? path.slice(0, -1) : path;
     for (;;) {
       const route = byPrefix.get(prefix);
-      if (route) return { route, upstreamPath: rewrite(route, path.slice(prefix === '/' ? 0 : prefix.length)) };
+      if (route) {
+        const rest = path.slice(prefix === '/' ? 0 : prefix.length);
+        return { route, upstreamPath: rest === '' ? route.upstreamPath : route.upstreamPath.replace(/\/$/, '') + rest };
+      }
       if (prefix === '/') return undefined;
       const cut = prefix.lastIndexOf('/');
       prefix = cut === 0 ? '/' : prefix.slice(0, cut);
     }
   };
-}
-
-function rewrite(route: { readonly upstreamPath: string }, rest: string): string {
-  if (rest === '') return route.upstreamPath;
-  const base = route.upstreamPath.endsWith('/') ? route.upstreamPath.slice(0, -1) : route.upstreamPath;
-  return base + rest;
 }

@@ -1,7 +1,5 @@
-// A CONNECT tunnel to an admitted destination: dial, answer 200 only once the
-// upstream socket is connected, then pipe both ways with half-close, and
-// destroy both sides on any error. The caller has already verified the token
-// and the destination; this module owns the sockets and the byte counts.
+// A CONNECT tunnel to a destination the caller has already admitted: dial, answer 200 only once connected,
+// pipe both ways with half-close, destroy both sides on any error. This module owns the sockets and byte counts.
 import { connect, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Reason } from './errors.js';
@@ -38,8 +36,7 @@ export function openTunnel(client: Duplex, head: Buffer, o: TunnelOptions): Tunn
   let settle!: (outcome: TunnelOutcome) => void;
   const done = new Promise<TunnelOutcome>((resolve) => (settle = resolve));
   let established = false;
-  let bytesUp = 0;
-  let bytesDown = 0;
+  let bytesUp = 0, bytesDown = 0;
   let closedBy: string | undefined;
   let finished = false;
   const timers: ReturnType<typeof setTimeout>[] = [];
@@ -69,10 +66,8 @@ export function openTunnel(client: Duplex, head: Buffer, o: TunnelOptions): Tunn
     clearTimeout(timers.shift());
     established = true;
     client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
-    if (head.length > 0) {
-      bytesUp += head.length;
-      upstream.write(head);
-    }
+    bytesUp += head.length;
+    if (head.length > 0) upstream.write(head);
     client.on('data', (chunk: Buffer) => (bytesUp += chunk.length));
     upstream.on('data', (chunk: Buffer) => (bytesDown += chunk.length));
     // pipe() carries backpressure and, with allowHalfOpen, one side's FIN to the other.
@@ -80,8 +75,7 @@ export function openTunnel(client: Duplex, head: Buffer, o: TunnelOptions): Tunn
     upstream.pipe(client);
     client.once('end', () => (closedBy ??= 'client'));
     upstream.once('end', () => (closedBy ??= 'upstream'));
-    // Once the upstream is gone, let what it sent drain to the client (pipe has
-    // already ended it), then finish; a client that never reads is cut at idleMs.
+    // Once the upstream is gone, let what it sent drain to the (already ended) client; one that never reads is cut at idleMs.
     upstream.once('close', () => {
       if (client.writableFinished) return end(closedBy ?? 'upstream');
       client.end();
