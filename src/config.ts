@@ -1,11 +1,12 @@
 // The one JSON config: types, defaults, and validation that reports every
 // problem at once as `json.path: problem`. Nothing starts half-configured.
 import { isIP } from 'node:net';
+import type { LogLevel } from './audit.js';
 import { checkDestinationPattern } from './destination.js';
 import { isReservedHeader } from './headers.js';
 import { checkKeyUrl, KEYSET_DEFAULTS } from './jwks.js';
 import { isObject, VERIFIER_DEFAULTS } from './jwt.js';
-import { checkRule, type Rule } from './policy.js';
+import { checkRule, ruleWarnings, type Rule } from './policy.js';
 
 export interface IssuerConfig {
   readonly issuer: string;
@@ -17,7 +18,8 @@ export interface IssuerConfig {
 export interface RouteConfig {
   /** Normalised: no trailing slash, except "/" itself. */
   readonly path: string;
-  readonly upstream: URL;
+  /** Where the route forwards; none for a forward-auth route ("mode": "auth"), which answers 200 with the identity itself. */
+  readonly upstream: URL | undefined;
   readonly allow: readonly Rule[];
   readonly forwardClaims: readonly string[];
   readonly methods?: readonly string[];
@@ -41,17 +43,16 @@ export interface GatewayConfig {
   readonly trustedProxies: readonly string[];
   readonly routes: readonly RouteConfig[];
   readonly tunnels: readonly TunnelConfig[];
+  readonly log: { readonly level: LogLevel };
 }
+
+const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error'];
 
 /** Every tunable number as [default, min, max]; the token and key defaults are those of the modules that use them. */
 const RANGES = {
   token: { clockSkewSeconds: [VERIFIER_DEFAULTS.clockSkewSeconds, 0, 600], maxBytes: [VERIFIER_DEFAULTS.maxTokenBytes, 1024, 65_536] },
-  keys: {
-    fetchTimeoutMs: [KEYSET_DEFAULTS.fetchTimeoutMs, 100, 60_000],
-    cooldownMs: [KEYSET_DEFAULTS.cooldownMs, 1_000, 3_600_000],
-    staleIfErrorMs: [KEYSET_DEFAULTS.staleIfErrorMs, 0, 604_800_000],
-  },
-  timeouts: { upstreamConnectMs: [5_000, 10, 600_000], upstreamHeadMs: [30_000, 10, 3_600_000], idleMs: [300_000, 10, 86_400_000], clientHeadersMs: [10_000, 10, 600_000] },
+  keys: { fetchTimeoutMs: [KEYSET_DEFAULTS.fetchTimeoutMs, 100, 60_000], cooldownMs: [KEYSET_DEFAULTS.cooldownMs, 1_000, 3_600_000], staleIfErrorMs: [KEYSET_DEFAULTS.staleIfErrorMs, 0, 604_800_000] },
+  timeouts: { upstreamConnectMs: [5_000, 10, 600_000], upstreamHeadMs: [30_000, 10, 3_600_000], idleMs: [300_000, 10, 86_400_000], clientHeadersMs: [10_000, 10, 600_000], drainMs: [25_000, 0, 600_000] },
 } as const;
 type Section = keyof typeof RANGES;
 type Numbers<S extends Section> = { readonly [K in keyof (typeof RANGES)[S]]: number };
@@ -65,9 +66,11 @@ export const DEFAULTS = {
   token: { header: 'gateway-authorization', ...defaultsOf('token') },
   keys: defaultsOf('keys'),
   timeouts: defaultsOf('timeouts'),
+  log: { level: 'info' as LogLevel },
 };
 
-export type ConfigResult = { ok: true; config: GatewayConfig } | { ok: false; problems: string[] };
+/** A valid config may still carry warnings: rules that work today but trust what can change hands. */
+export type ConfigResult = { ok: true; config: GatewayConfig; warnings: string[] } | { ok: false; problems: string[] };
 
 type Json = Record<string, unknown>;
 type Report = (path: string, problem: string) => void;
@@ -75,15 +78,17 @@ type Report = (path: string, problem: string) => void;
 /** Validates parsed JSON into a GatewayConfig, or lists every problem with its path. */
 export function parseConfig(input: unknown): ConfigResult {
   const problems: string[] = [];
+  const warnings: string[] = [];
   const p = (path: string, problem: string) => problems.push(`${path}: ${problem}`);
-  const root = object(input, '(root)', ['listen', 'admin', 'issuers', 'token', 'keys', 'timeouts', 'trustedProxies', 'routes', 'tunnels'], p);
+  const w = (path: string, warning: string) => warnings.push(`${path}: ${warning}`);
+  const root = object(input, '(root)', ['listen', 'admin', 'issuers', 'token', 'keys', 'timeouts', 'trustedProxies', 'routes', 'tunnels', 'log'], p);
 
   const endpoint = (name: 'listen' | 'admin') => {
     const o = object(or(root[name], {}), name, ['host', 'port'], p);
     const host = or(o.host, DEFAULTS[name].host);
     const port = or(o.port, DEFAULTS[name].port);
     if (typeof host !== 'string' || host === '') p(`${name}.host`, 'expected a host name or address');
-    if (!isInt(port, 0, 65535)) p(`${name}.port`, 'expected an integer from 0 to 65535');
+    if (!Number.isInteger(port) || (port as number) < 0 || (port as number) > 65535) p(`${name}.port`, 'expected an integer from 0 to 65535');
     return { host: String(host), port: Number(port) };
   };
   const listen = endpoint('listen');
@@ -99,14 +104,12 @@ export function parseConfig(input: unknown): ConfigResult {
   const issuers = issuerList.map((raw, i): IssuerConfig => {
     const at = `issuers[${i}]`;
     const o = object(raw, at, ['issuer', 'audience', 'jwksUri', 'jwksFile'], p);
-    const urlProblem = typeof o.issuer === 'string' ? checkKeyUrl(o.issuer) : 'expected a URL string';
-    if (urlProblem) p(`${at}.issuer`, urlProblem);
+    for (const key of o.jwksUri === undefined ? ['issuer'] : ['issuer', 'jwksUri']) {
+      const problem = typeof o[key] === 'string' ? checkKeyUrl(o[key] as string) : 'expected a URL string';
+      if (problem) p(`${at}.${key}`, problem);
+    }
     const audiences = strings(o.audience, `${at}.audience`, p);
     if (audiences.length === 0 || audiences.includes('')) p(`${at}.audience`, 'expected a non-empty string or array of them');
-    if (o.jwksUri !== undefined) {
-      const problem = typeof o.jwksUri === 'string' ? checkKeyUrl(o.jwksUri) : 'expected a URL string';
-      if (problem) p(`${at}.jwksUri`, problem);
-    }
     if (o.jwksFile !== undefined && (typeof o.jwksFile !== 'string' || o.jwksFile === '')) p(`${at}.jwksFile`, 'expected a file path');
     if (o.jwksUri !== undefined && o.jwksFile !== undefined) p(at, 'give jwksUri or jwksFile, not both');
     return { issuer: String(o.issuer), audiences, jwksUri: o.jwksUri as string | undefined, jwksFile: o.jwksFile as string | undefined };
@@ -116,15 +119,15 @@ export function parseConfig(input: unknown): ConfigResult {
 
   const tok = object(or(root.token, {}), 'token', ['header', 'clockSkewSeconds', 'maxAgeSeconds', 'maxBytes'], p);
   const header = or(tok.header, DEFAULTS.token.header);
-  if (typeof header !== 'string' || !isToken(header)) p('token.header', 'expected an HTTP header name');
+  if (typeof header !== 'string' || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$/.test(header)) p('token.header', 'expected an HTTP header name');
   if (typeof header === 'string' && isReservedHeader(header.toLowerCase())) p('token.header', 'must not be a header the gateway reads or sets itself');
-  const token = {
-    header: String(header).toLowerCase(),
-    ...numbers('token', tok, p),
-    maxAgeSeconds: tok.maxAgeSeconds === undefined ? undefined : num(tok, 'maxAgeSeconds', 0, 1, 86_400, 'token', p),
-  };
+  const maxAgeSeconds = tok.maxAgeSeconds === undefined ? undefined : num(tok, 'maxAgeSeconds', 0, 1, 86_400, 'token', p);
+  const token = { header: String(header).toLowerCase(), ...numbers('token', tok, p), maxAgeSeconds };
   const keys = numbers('keys', object(or(root.keys, {}), 'keys', Object.keys(RANGES.keys), p), p);
   const timeouts = numbers('timeouts', object(or(root.timeouts, {}), 'timeouts', Object.keys(RANGES.timeouts), p), p);
+
+  const logLevel = or(object(or(root.log, {}), 'log', ['level'], p).level, 'info');
+  if (!LOG_LEVELS.includes(logLevel as LogLevel)) p('log.level', `expected one of ${LOG_LEVELS.join(', ')}`);
 
   const trustedProxies = strings(or(root.trustedProxies, []), 'trustedProxies', p);
   trustedProxies.forEach((c, i) => cidrProblem(c) && p(`trustedProxies[${i}]`, cidrProblem(c)!));
@@ -132,7 +135,7 @@ export function parseConfig(input: unknown): ConfigResult {
   const routeList = array(root.routes, 'routes', p);
   const tunnelList = array(root.tunnels, 'tunnels', p);
   if (routeList.length === 0 && tunnelList.length === 0) p('routes', 'expected at least one route or tunnel');
-  const routes = routeList.map((raw, i) => route(raw, `routes[${i}]`, issuers.length > 1, p));
+  const routes = routeList.map((raw, i) => route(raw, `routes[${i}]`, issuers.length > 1, p, w));
   const paths = routes.map((r) => r.path);
   paths.forEach((path, i) => paths.indexOf(path) !== i && p(`routes[${i}].path`, `duplicate of routes[${paths.indexOf(path)}].path`));
 
@@ -144,29 +147,28 @@ export function parseConfig(input: unknown): ConfigResult {
     to.forEach((d, j) => checkDestinationPattern(d) && p(`${at}.to[${j}]`, checkDestinationPattern(d)!));
     if (o.endWithToken !== undefined && typeof o.endWithToken !== 'boolean') p(`${at}.endWithToken`, 'expected true or false');
     const maxLifetimeSeconds = o.maxLifetimeSeconds === undefined ? undefined : num(o, 'maxLifetimeSeconds', 0, 1, 86_400, at, p);
-    return { to, allow: rules(o.allow, at, issuers.length > 1, p), maxLifetimeSeconds, endWithToken: o.endWithToken === true };
+    return { to, allow: rules(o.allow, at, issuers.length > 1, p, w), maxLifetimeSeconds, endWithToken: o.endWithToken === true };
   });
 
   if (problems.length > 0) return { ok: false, problems };
-  return { ok: true, config: { listen, admin, issuers, token, keys, timeouts, trustedProxies, routes, tunnels } };
+  const log = { level: logLevel as LogLevel };
+  return { ok: true, config: { listen, admin, issuers, token, keys, timeouts, trustedProxies, routes, tunnels, log }, warnings };
 }
 
-function route(raw: unknown, at: string, pinIssuer: boolean, p: Report): RouteConfig {
-  const o = object(raw, at, ['path', 'upstream', 'allow', 'forwardClaims', 'methods'], p);
+function route(raw: unknown, at: string, pinIssuer: boolean, p: Report, w: Report): RouteConfig {
+  const o = object(raw, at, ['path', 'mode', 'upstream', 'allow', 'forwardClaims', 'methods'], p);
+  const mode = or(o.mode, 'proxy');
+  if (mode !== 'proxy' && mode !== 'auth') p(`${at}.mode`, 'expected "proxy" or "auth"');
   let path = typeof o.path === 'string' ? o.path : '';
   if (!path.startsWith('/') || path.includes('//') || path.includes('\\') || path.split('/').some((s) => s === '.' || s === '..' || s.includes('%')) || [...path].some((c) => c < '!' || c > '~')) {
     p(`${at}.path`, 'expected an absolute path of plain segments, such as "/artifacts/"');
   }
   if (path.length > 1 && path.endsWith('/')) path = path.slice(0, -1);
-  let upstream = new URL('http://invalid.invalid/');
-  try {
-    upstream = new URL(String(o.upstream));
-    if (upstream.protocol !== 'http:' && upstream.protocol !== 'https:') p(`${at}.upstream`, 'expected an http or https URL');
-    if (upstream.username || upstream.password || upstream.search || upstream.hash) p(`${at}.upstream`, 'must not carry credentials, a query or a fragment');
-  } catch {
-    p(`${at}.upstream`, 'expected an absolute http or https URL');
-  }
-  const allow = rules(o.allow, at, pinIssuer, p);
+  if (mode === 'auth' && o.upstream !== undefined) p(`${at}.upstream`, 'an auth route answers itself: leave the upstream out');
+  // Traefik asks with GET whatever the client's method: the auth request's method says nothing.
+  if (mode === 'auth' && o.methods !== undefined) p(`${at}.methods`, "an auth route sees the auth request's method, not the client's: leave it out");
+  const upstream = mode === 'auth' ? undefined : upstreamUrl(o.upstream, `${at}.upstream`, p);
+  const allow = rules(o.allow, at, pinIssuer, p, w);
   const forwardClaims = strings(or(o.forwardClaims, []), `${at}.forwardClaims`, p);
   forwardClaims.forEach((c, j) => /^[A-Za-z0-9_]{1,64}$/.test(c) || p(`${at}.forwardClaims[${j}]`, 'expected a claim name of letters, digits and _'));
   const methods = o.methods === undefined ? undefined : strings(o.methods, `${at}.methods`, p);
@@ -175,11 +177,25 @@ function route(raw: unknown, at: string, pinIssuer: boolean, p: Report): RouteCo
   return { path, upstream, allow, forwardClaims, methods };
 }
 
-function rules(v: unknown, at: string, pinIssuer: boolean, p: Report): Rule[] {
+function upstreamUrl(v: unknown, at: string, p: Report): URL {
+  try {
+    const url = new URL(String(v));
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') p(at, 'expected an http or https URL');
+    if (url.username || url.password || url.search || url.hash) p(at, 'must not carry credentials, a query or a fragment');
+    return url;
+  } catch {
+    p(at, 'expected an absolute http or https URL');
+    return new URL('http://invalid.invalid/');
+  }
+}
+
+function rules(v: unknown, at: string, pinIssuer: boolean, p: Report, w: Report): Rule[] {
   const list = array(v, `${at}.allow`, p);
   if (list.length === 0) p(`${at}.allow`, 'expected at least one rule: with no rule no one may pass, so it is refused');
   return list.map((rule, j) => {
-    for (const [claim, problem] of checkRule(rule, pinIssuer)) p(`${at}.allow[${j}]${claim ? `.${claim}` : ''}`, problem);
+    const problems = checkRule(rule, pinIssuer);
+    for (const [claim, problem] of problems) p(`${at}.allow[${j}]${claim ? `.${claim}` : ''}`, problem);
+    if (problems.length === 0) for (const [claim, warning] of ruleWarnings(rule as Rule)) w(`${at}.allow[${j}].${claim}`, warning);
     return rule as Rule;
   });
 }
@@ -223,14 +239,6 @@ function num(o: Json, key: string, fallback: number, min: number, max: number, a
   const v = or(o[key], fallback);
   if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) p(`${at}.${key}`, `expected a number from ${min} to ${max}`);
   return Number(v);
-}
-
-function isInt(v: unknown, min: number, max: number): boolean {
-  return typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max;
-}
-
-function isToken(s: string): boolean {
-  return /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$/.test(s);
 }
 
 function cidrProblem(cidr: string): string | undefined {

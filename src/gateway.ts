@@ -1,25 +1,23 @@
 // Wires one request through the steps, in one direction only:
 //   target → route or destination → token → verify (keys) → policy → proxy or
 //   tunnel → one audit line. Nothing is contacted before every step said yes.
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createHash } from 'node:crypto';
+import type { Agent, IncomingMessage, ServerResponse } from 'node:http';
 import { BlockList, isIPv4 } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { identityOf, type Log } from './audit.js';
-import type { GatewayConfig } from './config.js';
-import { beginExchange, type Exchange } from './exchange.js';
-import { inspectHead, upstreamHeaders, type InboundHead } from './headers.js';
-import { createKeySet, type KeySet } from './jwks.js';
-import { createTokenVerifier, type Verification } from './jwt.js';
-import { compilePolicy, evaluate } from './policy.js';
+import { beginExchange, IDENTITY_CLAIMS, identityOf, type Exchange, type Log } from './audit.js';
+import type { GatewayConfig, IssuerConfig, RouteConfig } from './config.js';
+import { claimHeaders, inspectHead, upstreamHeaders, type InboundHead } from './headers.js';
+import { createKeySet, type KeySet, type KeySetOptions } from './jwks.js';
+import { createTokenVerifier, type KeyResolver, type VerifierOptions } from './jwt.js';
+import { createMetrics } from './metrics.js';
+import { compilePolicy, evaluate, explainPolicy, type Policy } from './policy.js';
 import { createAgent, forward } from './proxy.js';
-import { createProxyMode, type Admitted } from './proxymode.js';
-import { createRouter, parseTarget } from './router.js';
+import { compileTunnels, createProxyMode, type Admitted, type Authenticate, type ProxyPlan } from './proxymode.js';
+import { createRouter, parseTarget, type Routed } from './router.js';
 
-export interface GatewayOptions {
-  readonly log?: Log;
-  readonly fetch?: typeof globalThis.fetch;
-  readonly now?: () => number;
-}
+/** The audit log's sink, and the key sets' fetch and clock (injectable for tests). */
+export type GatewayOptions = Pick<KeySetOptions, 'log' | 'fetch' | 'now'>;
 
 export interface Gateway {
   /** Serves one request. Mount on 'request'; on 'checkContinue' pass `true` so 100 Continue waits for the verdict. */
@@ -28,79 +26,119 @@ export interface Gateway {
   connect(req: IncomingMessage, socket: Duplex, head: Buffer): void;
   /** Tells the gateway its own bound ports, which no tunnel may reach. */
   listening(ports: readonly number[]): void;
-  /** Serves /healthz and /readyz, for the admin listener. */
+  /** Serves /healthz, /readyz and /metrics, for the admin listener. */
   admin(req: IncomingMessage, res: ServerResponse): void;
   /** Fetches every issuer's keys and keeps them fresh. Resolves when each has tried once. */
   start(): Promise<void>;
+  /** Puts a new config in force for requests that arrive from now on; unchanged issuers keep their keys. */
+  reload(config: GatewayConfig): void;
+  /** Turns readiness false for good and asks clients to close their connections: the start of a shutdown. */
+  drain(): void;
   /** Stops key refreshes, closes open tunnels and upstream connection pools; resolves once every tunnel is logged. */
   stop(): Promise<void>;
   ready(): boolean;
 }
 
-export function createGateway(config: GatewayConfig, opts: GatewayOptions = {}): Gateway {
-  const log = opts.log ?? (() => {});
-  const keySets = new Map<string, KeySet>(config.issuers.map((i) => [i.issuer, createKeySet({ ...i, ...config.keys, fetch: opts.fetch, now: opts.now, log })]));
-  const verify = createTokenVerifier({
-    issuers: config.issuers.map((i) => ({ issuer: i.issuer, audiences: i.audiences, resolveKey: keySets.get(i.issuer)!.resolveKey })),
-    clockSkewSeconds: config.token.clockSkewSeconds,
-    maxAgeSeconds: config.token.maxAgeSeconds,
-    maxTokenBytes: config.token.maxBytes,
-    now: opts.now,
-  });
-  const routes = config.routes.map((r) => ({ ...r, upstreamPath: r.upstream.pathname, policy: compilePolicy(r.allow), agent: createAgent(r.upstream) }));
-  const route = createRouter(routes);
-  const trusted = new BlockList();
-  for (const cidr of config.trustedProxies) {
-    const [addr = '', bits] = cidr.split('/');
-    const family = isIPv4(addr) ? 'ipv4' : 'ipv6';
-    trusted.addSubnet(addr, bits === undefined ? (family === 'ipv4' ? 32 : 128) : Number(bits), family);
-  }
-  const tokenHeader = config.token.header;
-  const ready = () => [...keySets.values()].every((k) => k.status().usable);
-  const proxyMode = createProxyMode(config, log, authenticate);
+type CompiledRoute = RouteConfig & { readonly upstreamPath: string; readonly policy: Policy; readonly agent: Agent | undefined };
 
-  async function authenticate(token: string | undefined): Promise<Verification> {
-    if (token === undefined) return { ok: false, reason: 'token_malformed' };
-    return token === '' ? { ok: false, reason: 'token_missing' } : verify(token);
+/** Everything one config compiles to. A request reads the plan in force once, when it arrives. */
+interface Plan extends ProxyPlan {
+  readonly routes: readonly CompiledRoute[];
+  readonly keySets: ReadonlyMap<string, KeySet>;
+  readonly route: (path: string) => Routed<CompiledRoute> | undefined;
+  readonly trusted: BlockList;
+}
+
+/** The token verifier's options for a config, with each issuer's key resolver from `keysOf`. */
+export function verifierOptions(config: GatewayConfig, keysOf: (issuer: IssuerConfig) => KeyResolver): VerifierOptions {
+  const { clockSkewSeconds, maxAgeSeconds, maxBytes: maxTokenBytes } = config.token;
+  return { issuers: config.issuers.map((i) => ({ issuer: i.issuer, audiences: i.audiences, resolveKey: keysOf(i) })), clockSkewSeconds, maxAgeSeconds, maxTokenBytes };
+}
+
+export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {}): Gateway {
+  const metrics = createMetrics();
+  const sink = opts.log ?? (() => {});
+  const log: Log = (line) => (metrics.observe(line), sink(line));
+  // Pools that outlive a reload: key sets by where their keys come from (keys.* settings apply at restart), agents by origin.
+  const keySetPool = new Map<string, KeySet>();
+  const agents = new Map<string, Agent>();
+  const agentFor = (upstream: URL) => agents.get(upstream.origin) ?? agents.set(upstream.origin, createAgent(upstream)).get(upstream.origin)!;
+  const proxyMode = createProxyMode(log);
+  let started = false;
+  let draining = false;
+  // Responses not yet answered, so a drain can ask them to close; exchanges not yet logged, so a stop can wait for them.
+  const inflight = new Set<ServerResponse>();
+  const unlogged = new Set<Promise<unknown>>();
+  const track = (exchange: Promise<unknown>) => (unlogged.add(exchange), void exchange.finally(() => unlogged.delete(exchange)));
+  let plan = compile(initial);
+
+  function compile(config: GatewayConfig): Plan {
+    const keySets = new Map<string, KeySet>();
+    for (const i of config.issuers) {
+      const shape = JSON.stringify([i.issuer, i.jwksUri, i.jwksFile]);
+      if (!keySetPool.has(shape)) {
+        keySetPool.set(shape, createKeySet({ ...i, ...config.keys, fetch: opts.fetch, now: opts.now, log }));
+        if (started) void keySetPool.get(shape)!.start();
+      }
+      keySets.set(i.issuer, keySetPool.get(shape)!);
+    }
+    const inUse = [...keySets.values()];
+    for (const [shape, keySet] of keySetPool) if (!inUse.includes(keySet)) (keySet.stop(), keySetPool.delete(shape));
+    const verify = createTokenVerifier({ ...verifierOptions(config, (i) => keySets.get(i.issuer)!.resolveKey), now: opts.now });
+    const authenticate: Authenticate = async (ex, token) => {
+      // undefined: the token header was repeated.
+      if (!token) return { ok: false, reason: token === '' ? 'token_missing' : 'token_malformed' };
+      const verified = await verify(token);
+      // Which token it was, for matching with the workflow's own records; not for what is no JWT (such as a password).
+      if (verified.ok || verified.reason !== 'token_malformed') ex.entry.tokenSha256 = createHash('sha256').update(token).digest('hex');
+      return verified;
+    };
+    const routes = config.routes.map((r): CompiledRoute => ({ ...r, upstreamPath: r.upstream?.pathname ?? '/', policy: compilePolicy(r.allow), agent: r.upstream && agentFor(r.upstream) }));
+    const trusted = new BlockList();
+    for (const [addr = '', bits] of config.trustedProxies.map((cidr) => cidr.split('/'))) {
+      trusted.addSubnet(addr, Number(bits ?? (isIPv4(addr) ? 32 : 128)), isIPv4(addr) ? 'ipv4' : 'ipv6');
+    }
+    return { config, keySets, authenticate, routes, route: createRouter(routes), tunnels: compileTunnels(config), trusted };
   }
 
-  async function handle(req: IncomingMessage, res: ServerResponse, expectsContinue = false): Promise<void> {
+  const ready = () => !draining && [...plan.keySets.values()].every((k) => k.status().usable);
+
+  async function handle(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
+    const p = plan;
     const ex = beginExchange(req, res, log, 'request');
-    const head = inspectHead(req.rawHeaders, tokenHeader);
+    // While draining, every answer asks the client to take its next request elsewhere (see drain()).
+    if (draining) res.setHeader('connection', 'close');
+    inflight.add(res);
+    res.once('finish', () => inflight.delete(res)).once('close', () => inflight.delete(res));
+    const head = inspectHead(req.rawHeaders, p.config.token.header);
     ex.bodyPending = head.hasBody;
     if (head.framing) return ex.refuse('bad_request', { detail: head.framing });
-    const absoluteForm = config.tunnels.length > 0 && req.url?.startsWith('http://');
-    const to = absoluteForm ? await proxyMode.forward(req, ex, head) : await admitRoute(req, res, ex, head);
+    const absoluteForm = p.config.tunnels.length > 0 && req.url?.startsWith('http://');
+    const to = absoluteForm ? await proxyMode.forward(req, ex, head, p) : await admitRoute(req, res, ex, head, p);
     if (!to) return;
 
     if (expectsContinue) res.writeContinue();
-    ex.settle(await forward(req, res, {
-      upstream: to.upstream,
-      agent: to.agent,
-      path: to.path,
-      timeouts: config.timeouts,
-      headers: upstreamHeaders(req.rawHeaders, {
-        tokenHeader,
-        upstreamHost: to.authority ?? to.upstream.host,
-        requestedHost: to.authority,
-        claims: to.claims,
-        forwardClaims: to.forwardClaims,
-        clientIp: ex.client,
-        trustedPeer: isTrusted(ex.client),
-        requestId: ex.id,
-        bodyFraming: head.bodyFraming,
-      }),
-      hasBody: head.hasBody,
-    }));
+    const headers = upstreamHeaders(req.rawHeaders, {
+      tokenHeader: p.config.token.header,
+      upstreamHost: to.authority ?? to.upstream.host,
+      requestedHost: to.authority,
+      claims: to.claims,
+      forwardClaims: to.forwardClaims,
+      clientIp: ex.client,
+      trustedPeer: ex.client !== '' && p.trusted.check(ex.client, isIPv4(ex.client) ? 'ipv4' : 'ipv6'),
+      requestId: ex.id,
+      bodyFraming: head.bodyFraming,
+    });
+    ex.settle(await forward(req, res, { ...to, headers, timeouts: p.config.timeouts, hasBody: head.hasBody }));
   }
 
-  /** Target, route, method, token, claims: where the request goes, or nothing once it was refused. */
-  async function admitRoute(req: IncomingMessage, res: ServerResponse, ex: Exchange, head: InboundHead): Promise<Admitted | void> {
+  /** Target, route, method, token, claims: where the request goes, or nothing once it was answered. */
+  async function admitRoute(req: IncomingMessage, res: ServerResponse, ex: Exchange, head: InboundHead, p: Plan): Promise<Admitted | void> {
     const { entry, refuse } = ex;
     const target = parseTarget(req.url ?? '');
     if (!target) return refuse('bad_request', { detail: 'unsafe request target' });
     entry.path = target.path;
-    const routed = route(target.path);
+    const routed = p.route(target.path);
     if (!routed) return refuse('route_unknown');
     const r = routed.route;
     entry.route = r.path;
@@ -108,53 +146,71 @@ export function createGateway(config: GatewayConfig, opts: GatewayOptions = {}):
       res.setHeader('allow', r.methods.join(', '));
       return refuse('method_not_allowed');
     }
-    const verified = await authenticate(head.token);
+    const verified = await p.authenticate(ex, head.token);
     if (!verified.ok) return refuse(verified.reason);
     entry.identity = identityOf(verified.claims);
     const decision = evaluate(r.policy, verified.claims);
-    if (!decision.allowed) return refuse('claim_mismatch', { claim: decision.claim });
+    if (!decision.allowed) {
+      // At debug, each rule's first failing claim with value and pattern, as `explain` prints them.
+      return refuse('claim_mismatch', { claim: decision.claim, rules: p.config.log.level === 'debug' ? explainPolicy(r.policy, verified.claims) : undefined });
+    }
     entry.rule = decision.rule;
-    return { upstream: r.upstream, agent: r.agent, path: routed.upstreamPath + target.query, claims: verified.claims, forwardClaims: r.forwardClaims };
+    if (r.upstream && r.agent) return { upstream: r.upstream, agent: r.agent, path: routed.upstreamPath + target.query, claims: verified.claims, forwardClaims: r.forwardClaims };
+    // Forward-auth (nginx auth_request, Traefik ForwardAuth, Envoy ext_authz): the verdict is the answer.
+    const names = r.forwardClaims.length > 0 ? r.forwardClaims : IDENTITY_CLAIMS;
+    // Every named header, empty when the claim is missing, so a proxy that copies only what we send cannot pass on a client's own.
+    const headers = claimHeaders(verified.claims, names, { 'x-request-id': ex.id, 'cache-control': 'no-store', 'content-length': '0' }, '');
+    if (ex.bodyPending) headers.connection = 'close';
+    res.writeHead(200, headers).end();
+    ex.log(200);
   }
 
-  function isTrusted(ip: string): boolean {
-    return ip !== '' && trusted.check(ip, isIPv4(ip) ? 'ipv4' : 'ipv6');
-  }
+  /** A bug, not a client's fault: say so in the log (and answer 502 if we still can). */
+  const bug = (err: unknown) => log({ kind: 'error', level: 'error', detail: err instanceof Error ? err.message : String(err) });
 
   return {
-    handle(req, res, expectsContinue) {
-      handle(req, res, expectsContinue).catch((err: unknown) => {
-        // A bug, not a client's fault: answer 502 if we still can, and say so in the log.
-        log({ kind: 'error', detail: err instanceof Error ? err.message : String(err) });
+    handle(req, res, expectsContinue = false) {
+      track(handle(req, res, expectsContinue).catch((err: unknown) => {
+        bug(err);
         if (res.headersSent) res.destroy();
         else res.writeHead(502, { 'content-type': 'application/json', connection: 'close' }).end('{"error":"upstream_unreachable","id":""}');
-      });
+      }));
     },
     connect(req, socket, head) {
-      proxyMode.connect(req, socket, head).catch((err: unknown) => {
-        log({ kind: 'error', detail: err instanceof Error ? err.message : String(err) });
-        socket.destroy();
-      });
+      track(proxyMode.connect(req, socket, head, plan).catch((err: unknown) => (bug(err), socket.destroy())));
     },
     listening: (ports) => proxyMode.listening(ports),
     admin(req, res) {
       const path = (req.url ?? '').split('?')[0];
-      const body = (status: number, value: unknown) => {
-        res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' });
-        res.end(JSON.stringify(value));
+      const send = (status: number, body: string, type = 'application/json') => {
+        res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' }).end(body);
       };
-      if (path === '/healthz') return body(200, { status: 'ok' });
-      if (path !== '/readyz') return body(404, { error: 'route_unknown' });
-      const issuers = Object.fromEntries([...keySets].map(([name, k]) => [name, k.status()]));
-      body(ready() ? 200 : 503, { ready: ready(), issuers });
+      if (path === '/healthz') return send(200, '{"status":"ok"}');
+      const issuers = new Map([...plan.keySets].map(([name, k]) => [name, k.status()]));
+      const snapshot = { issuers, tunnelsOpen: proxyMode.open(), ready: ready(), now: (opts.now ?? Date.now)() };
+      if (path === '/metrics') return send(200, metrics.render(snapshot), 'text/plain; version=0.0.4; charset=utf-8');
+      if (path !== '/readyz') return send(404, '{"error":"route_unknown"}');
+      send(snapshot.ready ? 200 : 503, JSON.stringify({ ready: snapshot.ready, draining, issuers: Object.fromEntries(issuers) }));
     },
     async start() {
-      await Promise.all([...keySets.values()].map((k) => k.start()));
+      started = true;
+      await Promise.all([...plan.keySets.values()].map((k) => k.start()));
+    },
+    // Pools of upstreams no route names any more are kept, not cut under requests still using them, until stop().
+    reload(config) {
+      plan = compile(config);
+    },
+    drain() {
+      draining = true;
+      for (const res of inflight) if (!res.headersSent) res.setHeader('connection', 'close');
     },
     async stop() {
-      for (const k of keySets.values()) k.stop();
-      for (const r of routes) r.agent.destroy();
+      for (const k of keySetPool.values()) k.stop();
+      for (const a of agents.values()) a.destroy();
       await proxyMode.stop();
+      // Exchanges cut at the drain deadline still write their audit lines, some after a key fetch: wait for them, within bounds.
+      const bound = new Promise((resolve) => setTimeout(resolve, plan.config.keys.fetchTimeoutMs + 1_000).unref());
+      await Promise.race([Promise.allSettled([...unlogged]), bound]);
     },
     ready,
   };

@@ -4,8 +4,7 @@ import type { OutgoingHttpHeaders } from 'node:http';
 import type { Claims } from './jwt.js';
 import { claimText } from './policy.js';
 
-// Hop-by-hop headers (RFC 9110 §7.6.1), plus Proxy-Connection, which old
-// clients still send. Headers named in Connection are hop-by-hop too.
+// Hop-by-hop headers (RFC 9110 §7.6.1), plus Proxy-Connection, which old clients still send.
 const HOP_BY_HOP = new Set([
   'connection', 'proxy-connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization',
   'te', 'trailer', 'transfer-encoding', 'upgrade',
@@ -22,21 +21,16 @@ export function isReservedHeader(name: string): boolean {
 export interface InboundHead {
   /** Why the request cannot be forwarded safely, if it cannot. */
   readonly framing?: string;
-  /** The token, '' when absent, undefined when the header is repeated. */
+  /** The token ('' when absent, undefined when repeated); proxyToken likewise from Proxy-Authorization, Bearer or Basic. */
   readonly token: string | undefined;
-  /** The token in Proxy-Authorization (Bearer, or Basic with the token as password), alike. */
   readonly proxyToken: string | undefined;
-  /** Whether a body follows the head. */
   readonly hasBody: boolean;
-  /** How the body is framed: we set the outgoing framing ourselves, never copy it. */
+  /** We state the outgoing framing ourselves, never copy it. */
   readonly bodyFraming: { readonly chunked: true } | { readonly length: string } | undefined;
 }
 
-/**
- * Reads the raw head once. Both parsers accept two Host headers, and Bun two
- * equal Content-Length headers; a proxy in front of us may frame differently,
- * so anything ambiguous is refused (RFC 9112 §6.3, request smuggling).
- */
+// Both parsers accept two Host headers, and Bun two equal Content-Length headers; a proxy in front
+// of us may frame differently, so anything ambiguous is refused (RFC 9112 §6.3, request smuggling).
 export function inspectHead(raw: readonly string[], tokenHeader: string): InboundHead {
   let hosts = 0, lengths = 0, encodings = 0, tokens = 0, proxyAuths = 0;
   let encoding = '', length = '', token = '', proxyAuth = '', connection = '';
@@ -71,15 +65,11 @@ function proxyCredential(value: string): string {
   return colon < 0 ? pair : pair.slice(colon + 1);
 }
 
-function bearer(value: string): string {
-  const v = value.trim();
-  if (v.toLowerCase() === 'bearer') return '';
-  return v.length > 7 && v.slice(0, 7).toLowerCase() === 'bearer ' ? v.slice(7).trim() : v;
-}
+// Drops a "Bearer " scheme, in any case; a bare "Bearer" leaves no token.
+const bearer = (value: string): string => value.trim().replace(/^bearer( |$)/i, '').trim();
 
-/** Names of the headers that must not cross this hop: the fixed list and those named in Connection. */
+/** Headers that must not cross this hop: the fixed list and those named in Connection (no allocation without them). */
 function hopByHop(raw: readonly string[]): (name: string) => boolean {
-  // On the hot path: no allocation unless the message names headers in Connection.
   let named: Set<string> | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     if (raw[i]!.toLowerCase() !== 'connection') continue;
@@ -128,8 +118,7 @@ export function upstreamHeaders(raw: readonly string[], o: UpstreamHeadOptions):
     if (name.startsWith('x-oidc-') || name.startsWith('x-forwarded-') || name === 'forwarded') continue;
     append(out, name, value);
   }
-  // The body's framing is ours to state, from what the parser framed: a GET whose
-  // chunked body lost its Transfer-Encoding would reach the upstream as a second request.
+  // We state the framing the parser saw: a GET whose chunked body lost its Transfer-Encoding would reach upstream as a second request.
   if (o.bodyFraming && 'chunked' in o.bodyFraming) out['transfer-encoding'] = 'chunked';
   else if (o.bodyFraming) out['content-length'] = o.bodyFraming.length;
   out.host = o.upstreamHost;
@@ -137,14 +126,18 @@ export function upstreamHeaders(raw: readonly string[], o: UpstreamHeadOptions):
   out['x-forwarded-proto'] = forwardedProto || 'http';
   out['x-forwarded-host'] = forwardedHost || o.requestedHost || host;
   out['x-request-id'] = o.requestId;
-  for (const claim of o.forwardClaims) {
-    const value = claimText(o.claims, claim);
+  return claimHeaders(o.claims, o.forwardClaims, out);
+}
+
+/** Adds an `x-oidc-<claim>` header for each named claim the token carries (or, if given, `missing` for the others). */
+export function claimHeaders(claims: Claims, names: readonly string[], out: OutgoingHttpHeaders = {}, missing?: string): OutgoingHttpHeaders {
+  for (const claim of names) {
+    const value = claimText(claims, claim) ?? missing;
     if (value !== undefined) out[`x-oidc-${claim.replaceAll('_', '-').toLowerCase()}`] = headerSafe(value);
   }
   return out;
 }
 
-/** The head sent back to the client: the upstream's, less its hop-by-hop headers. */
 export function downstreamHeaders(raw: readonly string[]): OutgoingHttpHeaders {
   const drop = hopByHop(raw);
   const out: OutgoingHttpHeaders = {};
@@ -155,16 +148,8 @@ export function downstreamHeaders(raw: readonly string[]): OutgoingHttpHeaders {
   return out;
 }
 
-/**
- * Printable ASCII passes; everything else, and "%" itself, is percent-encoded
- * as UTF-8. Real claims hold emoji and branch names may hold CR/LF: neither
- * may break a header or inject one.
- */
+// Printable ASCII passes; all else, and "%", becomes %XX per UTF-8 byte: real claims hold emoji,
+// branch names may hold CR/LF, and neither may break a header (ERR_INVALID_CHAR) or inject one.
 export function headerSafe(value: string): string {
-  if (/^[\x20-\x24\x26-\x7e]*$/.test(value)) return value;
-  let out = '';
-  for (const byte of Buffer.from(value, 'utf8')) {
-    out += byte >= 0x20 && byte <= 0x7e && byte !== 0x25 ? String.fromCharCode(byte) : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
-  }
-  return out;
+  return value.replace(/[^\x20-\x24\x26-\x7e]+/g, (run) => Buffer.from(run, 'utf8').toString('hex').toUpperCase().replace(/../g, '%$&'));
 }

@@ -2,20 +2,25 @@
 // The only module with side effects: arguments, the config file, listeners, signals.
 import { readFileSync } from 'node:fs';
 import { jsonLines } from './audit.js';
-import { parseConfig, type GatewayConfig } from './config.js';
+import { parseConfig, type ConfigResult, type GatewayConfig } from './config.js';
+import { explain } from './explain.js';
 import { createGateway } from './gateway.js';
 import type { Rule } from './policy.js';
 import { createListeners } from './server.js';
 
 export const VERSION = '0.1.0';
-const DRAIN_MS = 25_000;
 
 const USAGE = `Usage: oidc-gateway [--config FILE] [--check]
+       oidc-gateway explain [--config FILE] (--token FILE|- | --claims FILE) [--path /x | --connect host:port]
 
   --config FILE  the JSON config (default: $GATEWAY_CONFIG or ./gateway.config.json)
-  --check        validate the config, print a summary, exit 0 (valid) or 2 (not)
-  --help         this text
-  --version      the version
+  --check        validate the config, print a summary and warnings, exit 0 (valid) or 2 (not)
+  explain        which routes and tunnels the token (verified; - reads stdin) or the claims (a JSON
+                 file, taken as given) may use, and for each rule the first claim that failed;
+                 exit 0 if the --path or --connect target (else anything) is admitted, 1 if not, 2 on bad input
+  --help, --version
+
+Signals: SIGTERM or SIGINT drain, then exit 0; SIGHUP reloads the config (a bad one is logged and ignored).
 `;
 
 function fail(message: string): never {
@@ -23,46 +28,56 @@ function fail(message: string): never {
   process.exit(2);
 }
 
-function parseArgs(argv: string[]): { config: string; check: boolean } {
-  let config = process.env.GATEWAY_CONFIG || './gateway.config.json';
-  let check = false;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
+interface Args { config: string; check: boolean; explain: boolean; token?: string; claims?: string; path?: string; connect?: string }
+
+function parseArgs(argv: string[]): Args {
+  const args: Args = { config: process.env.GATEWAY_CONFIG || './gateway.config.json', check: false, explain: argv[0] === 'explain' };
+  const valued = { '--config': 'config', '--token': 'token', '--claims': 'claims', '--path': 'path', '--connect': 'connect' } as const;
+  for (let i = args.explain ? 1 : 0; i < argv.length; i++) {
+    const [a = '', inline] = argv[i]!.startsWith('--') ? argv[i]!.split(/=(.*)/s) : [argv[i]];
+    const key = Object.hasOwn(valued, a) ? valued[a as keyof typeof valued] : undefined;
     if (a === '--help' || a === '-h') (process.stdout.write(USAGE), process.exit(0));
     else if (a === '--version') (process.stdout.write(`${VERSION}\n`), process.exit(0));
-    else if (a === '--check') check = true;
-    else if (a === '--config' && argv[i + 1] !== undefined) config = argv[++i]!;
-    else if (a?.startsWith('--config=')) config = a.slice('--config='.length);
-    else fail(`unknown argument ${JSON.stringify(a)}\n\n${USAGE}`);
+    else if (a === '--check' && !args.explain && inline === undefined) args.check = true;
+    else if (key && (key === 'config' || args.explain) && (inline ?? argv[i + 1]) !== undefined) args[key] = inline ?? argv[++i]!;
+    else fail(`unknown or incomplete argument ${JSON.stringify(argv[i])}\n\n${USAGE}`);
   }
-  return { config, check };
+  if (args.explain && (args.token === undefined) === (args.claims === undefined)) fail('explain needs exactly one of --token and --claims');
+  if (args.path !== undefined && args.connect !== undefined) fail('give --path or --connect, not both');
+  return args;
 }
 
-function loadConfig(file: string): GatewayConfig {
+/** The result of `read`, or exit 2 naming the file: for explain's inputs. */
+function orFail<T>(file: string, read: () => T): T {
+  try {
+    return read();
+  } catch (err) {
+    return fail(`${file}: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
+/** Reads and validates the config file: the config and its warnings, or every problem. */
+function readConfig(file: string): ConfigResult {
   let json: unknown;
   try {
     json = JSON.parse(readFileSync(file, 'utf8'));
   } catch (err) {
-    fail(`${file}: ${err instanceof Error ? err.message : String(err)}`);
+    return { ok: false, problems: [err instanceof Error ? err.message : String(err)] };
   }
-  const result = parseConfig(json);
-  if (!result.ok) fail(`${file} is not valid:\n${result.problems.map((p) => `  ${p}`).join('\n')}`);
-  return result.config;
+  return parseConfig(json);
 }
 
+
 function summary(c: GatewayConfig): string {
+  const allow = (rules: readonly Rule[]) => rules.map((rule) => `  allow ${Object.entries(rule).map(([k, v]) => `${k}=${[v].flat().join('|')}`).join(' and ')}`);
   const lines = [`listen ${c.listen.host}:${c.listen.port}, admin ${c.admin.host}:${c.admin.port}`];
   for (const i of c.issuers) lines.push(`issuer ${i.issuer} (audience ${i.audiences.join(', ')}; keys from ${i.jwksFile ?? i.jwksUri ?? 'discovery'})`);
   for (const r of c.routes) {
-    lines.push(`route ${r.path} -> ${r.upstream.href}${r.methods ? ` [${r.methods.join(', ')}]` : ''}`);
-    lines.push(...allowLines(r.allow));
+    const target = r.upstream?.href ?? 'forward-auth (answers itself)';
+    lines.push(`route ${r.path} -> ${target}${r.methods ? ` [${r.methods.join(', ')}]` : ''}`, ...allow(r.allow));
   }
-  for (const t of c.tunnels) lines.push(`tunnel to ${t.to.join(', ')}`, ...allowLines(t.allow));
+  for (const t of c.tunnels) lines.push(`tunnel to ${t.to.join(', ')}`, ...allow(t.allow));
   return `${lines.join('\n')}\n`;
-}
-
-function allowLines(rules: readonly Rule[]): string[] {
-  return rules.map((rule) => `  allow ${Object.entries(rule).map(([k, v]) => `${k}=${[v].flat().join('|')}`).join(' and ')}`);
 }
 
 function checkRuntime(): string {
@@ -76,34 +91,50 @@ function checkRuntime(): string {
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
-  const config = loadConfig(args.config);
+  const loaded = readConfig(args.config);
+  if (!loaded.ok) fail(`${args.config} is not valid:\n${loaded.problems.map((p) => `  ${p}`).join('\n')}`);
+  let { config, warnings } = loaded;
   if (args.check) {
-    process.stdout.write(summary(config));
+    process.stdout.write(summary(config) + warnings.map((w) => `warning: ${w}\n`).join(''));
     process.exit(0);
+  }
+  if (args.explain) {
+    const read = (file: string | undefined) => file && orFail(file, () => readFileSync(file === '-' ? 0 : file, 'utf8'));
+    const claims = args.claims && orFail(args.claims, () => JSON.parse(read(args.claims)!) as unknown);
+    const input = { token: read(args.token), claims, path: args.path, connect: args.connect };
+    process.exit(await explain(config, input, (line) => process.stdout.write(`${line}\n`)));
   }
   const runtime = checkRuntime();
   // A closed stdout (the log collector went away) must not take the gateway down with it.
   process.stdout.on('error', () => {});
-  const log = jsonLines((text) => process.stdout.write(text));
+  const log = jsonLines((text) => process.stdout.write(text), () => config.log.level);
   const gateway = createGateway(config, { log });
   const listeners = createListeners(gateway, config);
-  const { port, adminPort } = await listeners.listen().catch((err: Error) => fail(`cannot listen: ${err.message}`));
-  log({ kind: 'start', version: VERSION, runtime, port, adminPort, routes: config.routes.length });
-  // Start-up does not wait for the issuer: unready until its keys arrive, retrying meanwhile.
-  void gateway.start();
-
+  // Signals are handled from here on: a SIGHUP while binding must not end the process (its default action).
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
-    log({ kind: 'stop', signal });
-    void listeners.close(DRAIN_MS).then(async () => {
-      await gateway.stop();
-      process.exit(0);
-    });
+    log({ kind: 'stop', signal, drainMs: config.timeouts.drainMs });
+    void listeners.close(config.timeouts.drainMs).then(() => gateway.stop()).then(() => process.exit(0));
   };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) process.on(signal, () => stop(signal));
+  process.on('SIGHUP', () => {
+    const result = readConfig(args.config);
+    if (!result.ok) return log({ kind: 'config', level: 'error', result: 'error', file: args.config, problems: result.problems, detail: 'kept the config in force' });
+    const moved = ['listen', 'admin', 'keys'].filter((k) => JSON.stringify(result.config[k as 'keys']) !== JSON.stringify(config[k as 'keys']));
+    ({ config, warnings } = result);
+    gateway.reload(config);
+    listeners.configure(config);
+    const detail = moved.length > 0 ? `changes to ${moved.join(', ')} take effect at restart` : undefined;
+    log({ kind: 'config', level: warnings.length > 0 || detail ? 'warn' : 'info', result: 'ok', file: args.config, warnings, reloaded: true, detail });
+  });
+
+  const { port, adminPort } = await listeners.listen().catch((err: Error) => fail(`cannot listen: ${err.message}`));
+  log({ kind: 'start', version: VERSION, runtime, port, adminPort, routes: config.routes.length, tunnels: config.tunnels.length });
+  log({ kind: 'config', level: warnings.length > 0 ? 'warn' : 'info', result: 'ok', file: args.config, warnings });
+  // Start-up does not wait for the issuer: unready until its keys arrive, retrying meanwhile.
+  void gateway.start();
 }
 
 void main();

@@ -1,9 +1,6 @@
-// Who may come in: allow rules over verified claims. Pure functions, no I/O.
-// A rule maps claim names to a pattern or to alternatives; all of a rule's
-// claims must match (AND), any rule may match (OR). A pattern is literal text
-// in which `*` stands for any run of characters. Claim values are chosen by
-// whoever pushes a branch, so patterns are never turned into a RegExp: each
-// literal piece is searched once, left to right, with no backtracking.
+// Who may come in: allow rules over verified claims, pure functions. A rule maps claim names to a pattern or alternatives;
+// all its claims must match (AND), any rule may (OR). In a pattern `*` stands for any run of characters. Claim values are
+// chosen by whoever pushes a branch, so patterns never become a RegExp: each literal piece is searched once, no backtracking.
 import { isObject, own, type Claims } from './jwt.js';
 
 export type Rule = Readonly<Record<string, string | readonly string[]>>;
@@ -11,22 +8,17 @@ export type Rule = Readonly<Record<string, string | readonly string[]>>;
 /** A pattern split on `*`: one piece means an exact match. */
 type Glob = readonly string[];
 
-/** A rule compiled: each of its claims with the globs it may match. */
 type CompiledRule = readonly { readonly name: string; readonly alternatives: readonly Glob[] }[];
 export type Policy = readonly CompiledRule[];
 
 export type Decision = { readonly allowed: true; readonly rule: number } | { readonly allowed: false; readonly claim: string };
 
-// A rule must say whose workflows may come in: a rule on aud or ref alone
-// would admit every workflow on GitHub. Ids and owner names must be exact;
-// the path-like claims must fix the owner ("octo-org/..."), so a pattern such
-// as "*/repo" or "octo*" (which admits octo-evil) does not count as pinning.
+// A rule must say whose workflows may come in: one on aud or ref alone admits every workflow on GitHub. Ids and owners
+// must be exact; path-like claims must fix the owner ("octo-org/..."), so "*/repo" or "octo*" (octo-evil) do not pin.
 const EXACT_PINS = ['repository_id', 'repository_owner', 'repository_owner_id', 'enterprise', 'enterprise_id'];
 const OWNER_PINS = ['repository', 'sub', 'workflow_ref', 'job_workflow_ref'];
 
-export function compileGlob(pattern: string): Glob {
-  return pattern.split('*');
-}
+export const compileGlob = (pattern: string): Glob => pattern.split('*');
 
 /** Whether `value` matches the glob. Linear in the value's length for a fixed pattern. */
 export function matchGlob(glob: Glob, value: string): boolean {
@@ -36,8 +28,7 @@ export function matchGlob(glob: Glob, value: string): boolean {
   if (value.length < first.length + last.length || !value.startsWith(first) || !value.endsWith(last)) return false;
   let from = first.length;
   const end = value.length - last.length;
-  for (let i = 1; i < glob.length - 1; i++) {
-    const piece = glob[i]!;
+  for (const piece of glob.slice(1, -1)) {
     const at = value.indexOf(piece, from);
     if (at < 0 || at + piece.length > end) return false;
     from = at + piece.length;
@@ -68,6 +59,23 @@ function firstMismatch(rule: CompiledRule, claims: Claims): string | undefined {
   return undefined;
 }
 
+export interface RuleMiss {
+  readonly claim: string;
+  /** The claim's value as text, undefined when the token does not carry it. */
+  readonly value: string | undefined;
+  readonly patterns: readonly string[];
+}
+
+/** For each rule, the first claim that kept it out with the value and the patterns side by side; null where the rule admits. */
+export function explainPolicy(policy: Policy, claims: Claims): (RuleMiss | null)[] {
+  return policy.map((rule) => {
+    const claim = firstMismatch(rule, claims);
+    if (claim === undefined) return null;
+    const patterns = rule.find((c) => c.name === claim)!.alternatives.map((g) => g.join('*'));
+    return { claim, value: claimText(claims, claim), patterns };
+  });
+}
+
 /** Own string, number or boolean claims, as text; anything else never matches. */
 export function claimText(claims: Claims, name: string): string | undefined {
   const v = own(claims, name);
@@ -95,18 +103,34 @@ export function checkRule(r: unknown, pinIssuer: boolean): [string, string][] {
   return problems;
 }
 
-// The text before the first `*` must reach past the owner: "octo-org/...". A
-// sub must also start "repo:", since an owner may customise its subject format.
-function ownerFixed(pattern: string, claim: string): boolean {
-  const star = pattern.indexOf('*');
-  let literal = star < 0 ? pattern : pattern.slice(0, star);
-  if (claim === 'sub') {
-    if (!literal.startsWith('repo:')) return false;
-    literal = literal.slice(5);
+// What a valid rule trusts that can change hands, as [claim, warning]: names can be re-registered, ids never are.
+// GitHub sends `repo:OWNER@ID/REPO@ID:...` subjects for repositories created or renamed since 2026-07-15 and
+// `repo:OWNER/REPO:...` for the others, so a `sub` pattern written for one format silently misses the other.
+export function ruleWarnings(r: Rule): [string, string][] {
+  const has = (name: string) => Object.hasOwn(r, name);
+  const warnings: [string, string][] = [];
+  for (const [name, id] of [['repository', 'repository_id'], ['repository_owner', 'repository_owner_id']] as const) {
+    if (has(name) && !has(id)) warnings.push([name, `matches a name, which can be re-registered: pin ${id} as well`]);
   }
-  return literal.indexOf('/') > 0;
+  if (has('job_workflow_ref') && !['repository', 'repository_id', 'repository_owner', 'repository_owner_id', 'sub'].some(has)) {
+    warnings.push(['job_workflow_ref', 'alone admits every repository that calls this reusable workflow: pin repository_owner_id as well']);
+  }
+  // A sub pattern that spells the owner out before any `*` is bound to one format; "repo:*" or a custom template is not.
+  const formats = new Set(patternsOf(has('sub') ? r.sub! : []).map((s) => {
+    const owner = s.split('*')[0]!.split('/');
+    return owner.length < 2 || !owner[0]!.startsWith('repo:') ? 'any' : owner[0]!.includes('@') ? 'id' : 'name';
+  }));
+  if (formats.size === 1 && !formats.has('any')) {
+    warnings.push(['sub', formats.has('id') ? 'matches only "repo:OWNER@ID/REPO@ID:..." subjects: older repositories send "repo:OWNER/REPO:..."' : 'matches only "repo:OWNER/REPO:..." subjects: repositories created or renamed since 2026-07-15 send "repo:OWNER@ID/REPO@ID:..."']);
+  }
+  return warnings;
 }
 
-function patternsOf(v: string | readonly string[]): readonly string[] {
-  return typeof v === 'string' ? [v] : v;
+// The text before the first `*` must reach past the owner ("octo-org/..."); a sub must also start "repo:",
+// since an owner may customise its subject format.
+function ownerFixed(pattern: string, claim: string): boolean {
+  const literal = pattern.split('*')[0]!;
+  return claim === 'sub' ? literal.startsWith('repo:') && literal.indexOf('/') > 5 : literal.indexOf('/') > 0;
 }
+
+const patternsOf = (v: string | readonly string[]): readonly string[] => (typeof v === 'string' ? [v] : v);

@@ -3,13 +3,12 @@
 // `to` names it AND one of that entry's allow rules admitting the token.
 import type { Agent, IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { identityOf, type Log } from './audit.js';
-import type { GatewayConfig } from './config.js';
-import { compileDestinations, parseAuthority, resolveDestination, type Destination } from './destination.js';
-import { beginExchange, type Exchange } from './exchange.js';
+import { beginExchange, identityOf, type Exchange, type Log } from './audit.js';
+import type { GatewayConfig, TunnelConfig } from './config.js';
+import { compileDestinations, parseAuthority, resolveDestination, type Destination, type DestinationMatcher } from './destination.js';
 import { inspectHead, type InboundHead } from './headers.js';
 import type { Claims, Verification } from './jwt.js';
-import { compilePolicy, evaluate } from './policy.js';
+import { compilePolicy, evaluate, type Policy } from './policy.js';
 import { createAgent } from './proxy.js';
 import { openTunnel, type Tunnel } from './tunnel.js';
 
@@ -27,9 +26,24 @@ export interface Admitted {
   readonly authority?: string;
 }
 
-export function createProxyMode(config: GatewayConfig, log: Log, authenticate: (token: string | undefined) => Promise<Verification>) {
-  const tunnels = config.tunnels.map((t) => ({ ...t, destinations: compileDestinations(t.to), policy: compilePolicy(t.allow) }));
-  const { upstreamConnectMs, idleMs } = config.timeouts;
+/** Verifies a request's token, noting its SHA-256 in the exchange's audit entry. */
+export type Authenticate = (ex: Exchange, token: string | undefined) => Promise<Verification>;
+
+export type CompiledTunnel = TunnelConfig & { readonly destinations: DestinationMatcher; readonly policy: Policy };
+
+/** What proxy mode needs of the config in force when a request arrived. */
+export interface ProxyPlan {
+  readonly config: GatewayConfig;
+  readonly tunnels: readonly CompiledTunnel[];
+  readonly authenticate: Authenticate;
+}
+
+export function compileTunnels(config: GatewayConfig): CompiledTunnel[] {
+  return config.tunnels.map((t) => ({ ...t, destinations: compileDestinations(t.to), policy: compilePolicy(t.allow) }));
+}
+
+/** Proxy mode's sockets and pool outlive any one config: a reload leaves open tunnels as they are. */
+export function createProxyMode(log: Log) {
   const agent = createAgent(new URL('http://forward.invalid'));
   // Open tunnels until their audit line is written.
   const live = new Set<Tunnel>();
@@ -39,15 +53,15 @@ export function createProxyMode(config: GatewayConfig, log: Log, authenticate: (
   let ownPorts: readonly number[] = [];
 
   /** Token, then destination, then claims, then the resolved address: the admitted entry and address, or a refusal already answered. */
-  async function admit(ex: Exchange, dest: Destination, head: InboundHead) {
+  async function admit(ex: Exchange, dest: Destination, head: InboundHead, plan: ProxyPlan) {
     // Proxy-Authorization first, else the token header (as with `curl --proxy-header`).
     const token = head.proxyToken === undefined || head.token === undefined ? undefined : head.proxyToken || head.token;
-    const verified = await authenticate(token);
+    const verified = await plan.authenticate(ex, token);
     if (!verified.ok) return void ex.refuse(verified.reason);
     ex.entry.identity = identityOf(verified.claims);
     let claim: string | undefined;
     let named = false;
-    for (const t of tunnels) {
+    for (const t of plan.tunnels) {
       if (!t.destinations.matches(dest)) continue;
       named = true;
       const decision = evaluate(t.policy, verified.claims);
@@ -55,7 +69,7 @@ export function createProxyMode(config: GatewayConfig, log: Log, authenticate: (
         claim ??= decision.claim;
         continue;
       }
-      const resolved = await resolveDestination(dest, t.destinations, ownPorts, upstreamConnectMs);
+      const resolved = await resolveDestination(dest, t.destinations, ownPorts, plan.config.timeouts.upstreamConnectMs);
       if ('reason' in resolved) return void ex.refuse(resolved.reason);
       return { tunnel: t, claims: verified.claims, address: resolved.address };
     }
@@ -64,7 +78,7 @@ export function createProxyMode(config: GatewayConfig, log: Log, authenticate: (
 
   return {
     /** Admits an absolute-form request (`GET http://host:port/x`): where it goes, or nothing once refused. */
-    async forward(req: IncomingMessage, ex: Exchange, head: InboundHead): Promise<Admitted | void> {
+    async forward(req: IncomingMessage, ex: Exchange, head: InboundHead, plan: ProxyPlan): Promise<Admitted | void> {
       const rest = req.url!.slice('http://'.length);
       const cut = rest.search(/[/?]|$/);
       const authority = rest.slice(0, cut);
@@ -77,13 +91,13 @@ export function createProxyMode(config: GatewayConfig, log: Log, authenticate: (
       if (!dest || [...pathAndQuery].some((c) => c <= ' ' || c > '~')) return ex.refuse('bad_request', { detail: 'bad request target' });
       const q = pathAndQuery.indexOf('?');
       Object.assign(ex.entry, { path: q < 0 ? pathAndQuery : pathAndQuery.slice(0, q), target: `${dest.host}:${dest.port}` });
-      const admitted = await admit(ex, dest, head);
+      const admitted = await admit(ex, dest, head, plan);
       if (!admitted) return;
       const host = admitted.address.includes(':') ? `[${admitted.address}]` : admitted.address;
       return { upstream: new URL(`http://${host}:${dest.port}`), agent, path: pathAndQuery, claims: admitted.claims, forwardClaims: [], authority };
     },
 
-    async connect(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    async connect(req: IncomingMessage, socket: Duplex, head: Buffer, plan: ProxyPlan): Promise<void> {
       const ex = beginExchange(req, socket, log, 'tunnel');
       sockets.add(socket);
       socket.once('close', () => sockets.delete(socket));
@@ -99,21 +113,17 @@ export function createProxyMode(config: GatewayConfig, log: Log, authenticate: (
       // The raw target is not logged: a confused client may have put its token there.
       if (!dest) return ex.refuse('bad_request', { detail: 'bad CONNECT target' });
       ex.entry.target = `${dest.host}:${dest.port}`;
-      const admitted = await admit(ex, dest, inspectHead(req.rawHeaders, config.token.header));
+      const admitted = await admit(ex, dest, inspectHead(req.rawHeaders, plan.config.token.header), plan);
       if (!admitted) return;
       // Admission can take a key refetch and a DNS lookup: dial nothing for a client that has left since.
       socket.off('data', hold).pause();
       if (left || socket.destroyed || stopping) return ex.refuse('client_aborted');
       const t = admitted.tunnel;
       // Tunnels outlive the short-lived token unless the entry says otherwise.
-      const closeAt = Math.min(
-        t.maxLifetimeSeconds === undefined ? Infinity : Date.now() + t.maxLifetimeSeconds * 1000,
-        t.endWithToken ? (admitted.claims.exp as number) * 1000 : Infinity,
-      );
-      const tunnel = openTunnel(socket, Buffer.concat(early), {
-        address: admitted.address, port: dest.port, connectTimeoutMs: upstreamConnectMs, idleMs,
-        closeAt: Number.isFinite(closeAt) ? closeAt : undefined,
-      });
+      const closeAt = Math.min(Date.now() + (t.maxLifetimeSeconds ?? Infinity) * 1000, t.endWithToken ? (admitted.claims.exp as number) * 1000 : Infinity);
+      const { upstreamConnectMs: connectTimeoutMs, idleMs } = plan.config.timeouts;
+      const options = { address: admitted.address, port: dest.port, connectTimeoutMs, idleMs, closeAt: Number.isFinite(closeAt) ? closeAt : undefined };
+      const tunnel = openTunnel(socket, Buffer.concat(early), options);
       live.add(tunnel);
       const outcome = await tunnel.done;
       const counts = { bytesUp: outcome.bytesUp, bytesDown: outcome.bytesDown, closedBy: outcome.closedBy };
@@ -121,6 +131,9 @@ export function createProxyMode(config: GatewayConfig, log: Log, authenticate: (
       else ex.log(200, outcome.reason, counts);
       live.delete(tunnel);
     },
+
+    /** How many tunnels are open. */
+    open: () => live.size,
 
     /** Our own bound ports, which no destination may reach. */
     listening(ports: readonly number[]): void {

@@ -1,4 +1,5 @@
 // The two listeners, public and admin, with the limits that protect them.
+import { once } from 'node:events';
 import http, { type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { GatewayConfig } from './config.js';
@@ -11,22 +12,24 @@ export interface Listeners {
   readonly adminServer: Server;
   /** Binds both; resolves with the ports actually bound (port 0 picks one). */
   listen(): Promise<{ port: number; adminPort: number }>;
-  /** Stops accepting, lets in-flight exchanges finish for up to `drainMs`, then cuts the rest. */
+  /** Applies a reloaded config's client timeouts (the addresses stay as bound). */
+  configure(config: GatewayConfig): void;
+  /** Turns readiness false, stops accepting, lets in-flight requests and tunnels finish for up to `drainMs`, then cuts the rest. */
   close(drainMs: number): Promise<void>;
 }
 
 export function createListeners(gateway: Gateway, config: GatewayConfig): Listeners {
-  const publicServer = http.createServer({
-    maxHeaderSize: MAX_HEADER_BYTES,
+  // Server timeouts are set as properties: that works on Node and Bun alike. Only
+  // connectionsCheckingInterval must be an option, for sub-30 s enforcement on Node.
+  const publicServer = http.createServer({ maxHeaderSize: MAX_HEADER_BYTES, connectionsCheckingInterval: 1_000 });
+  const configure = (c: GatewayConfig) => {
+    publicServer.headersTimeout = c.timeouts.clientHeadersMs;
     // No whole-request deadline: it would cut a long upload. Slow heads are
-    // cut by headersTimeout, silent sockets by the idle timeout below.
-    requestTimeout: 0,
-    headersTimeout: config.timeouts.clientHeadersMs,
-    connectionsCheckingInterval: Math.min(1_000, config.timeouts.clientHeadersMs),
-  });
-  publicServer.headersTimeout = config.timeouts.clientHeadersMs;
-  publicServer.requestTimeout = 0;
-  publicServer.timeout = config.timeouts.idleMs;
+    // cut by headersTimeout, silent sockets by the idle timeout.
+    publicServer.requestTimeout = 0;
+    publicServer.timeout = c.timeouts.idleMs;
+  };
+  configure(config);
   publicServer.on('request', (req, res) => gateway.handle(req, res));
   publicServer.on('checkContinue', (req, res) => gateway.handle(req, res, true));
   publicServer.on('connect', (req, socket, head) => gateway.connect(req, socket, head));
@@ -40,14 +43,11 @@ export function createListeners(gateway: Gateway, config: GatewayConfig): Listen
   const adminServer = http.createServer({ maxHeaderSize: MAX_HEADER_BYTES, headersTimeout: 5_000, requestTimeout: 10_000 });
   adminServer.on('request', (req, res) => gateway.admin(req, res));
 
-  const bind = (server: Server, host: string, port: number) =>
-    new Promise<number>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(port, host, () => {
-        server.off('error', reject);
-        resolve((server.address() as AddressInfo).port);
-      });
-    });
+  // once() rejects if 'error' (such as EADDRINUSE) comes first.
+  const bind = async (server: Server, host: string, port: number) => {
+    await once(server.listen(port, host), 'listening');
+    return (server.address() as AddressInfo).port;
+  };
 
   return {
     publicServer,
@@ -58,21 +58,21 @@ export function createListeners(gateway: Gateway, config: GatewayConfig): Listen
       gateway.listening([port, adminPort]);
       return { port, adminPort };
     },
+    configure,
     async close(drainMs) {
-      const closed = Promise.all([publicServer, adminServer].map((s) => new Promise((resolve) => s.close(resolve))));
+      // Readiness goes false at once; the admin listener stays up through the drain so probes can see it.
+      gateway.drain();
+      const closed = new Promise((resolve) => publicServer.close(resolve));
       // server.close() waits for keep-alive sockets: close the idle ones as in-flight exchanges end.
       const sweep = setInterval(() => publicServer.closeIdleConnections(), 100);
-      const deadline = setTimeout(() => {
-        // CONNECT sockets are not the HTTP server's to close: the gateway ends its tunnels.
-        void gateway.stop();
-        publicServer.closeAllConnections();
-        adminServer.closeAllConnections();
-      }, drainMs);
+      // Clients first, so what is cut is logged as theirs; CONNECT sockets are not the server's: the gateway ends its tunnels.
+      const deadline = setTimeout(() => (publicServer.closeAllConnections(), void gateway.stop()), drainMs);
       publicServer.closeIdleConnections();
-      adminServer.closeIdleConnections();
       await closed;
       clearInterval(sweep);
       clearTimeout(deadline);
+      adminServer.closeAllConnections();
+      await new Promise((resolve) => adminServer.close(resolve));
     },
   };
 }

@@ -4,7 +4,7 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 
 const BUN_VERSION = '1.4.5';
-const E2E_FILES = ['test/gateway.test.ts', 'test/streaming.test.ts', 'test/cli.test.ts', 'test/limits.test.ts', 'test/tunnel.test.ts'];
+const E2E_FILES = ['test/gateway.test.ts', 'test/streaming.test.ts', 'test/cli.test.ts', 'test/limits.test.ts', 'test/tunnel.test.ts', 'test/forwardauth.test.ts', 'test/explain.test.ts', 'test/lifecycle.test.ts', 'test/observability.test.ts'];
 
 function findBun(): string | undefined {
   const probe = (cmd: string, args: string[]) => {
@@ -33,7 +33,7 @@ if (!bun) {
   process.exit(0);
 }
 console.log(`bun pass: running the end-to-end tests against ${bun} dist/main.js`);
-const run = spawnSync(process.execPath, ['--import', 'tsx', '--test', ...E2E_FILES], {
+const run = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-force-exit', ...E2E_FILES], {
   stdio: 'inherit',
   env: { ...process.env, GATEWAY_RUNTIME: bun },
 });

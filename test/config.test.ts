@@ -441,3 +441,122 @@ test('parseConfig never throws when any node of a valid config is replaced by an
   }
   assert.ok(cases > 500);
 });
+
+// --- forward-auth routes, log, drain ------------------------------------------------------
+
+const MODE = 'expected "proxy" or "auth"';
+const LEVEL = 'expected one of debug, info, warn, error';
+const DRAIN = 'expected a number from 0 to 600000';
+const AUTH_UPSTREAM = 'an auth route answers itself: leave the upstream out';
+/** The minimal config's route turned into a forward-auth route: mode auth, no upstream. */
+const toAuth = (c: Json) => ((c.routes[0].mode = 'auth'), delete c.routes[0].upstream);
+
+// Each row changes a minimal config and lists exactly the problems it must produce (none: valid).
+const ADDITIONS: [what: string, change: (c: Json) => void, problems: string[]][] = [
+  ['an auth route without an upstream', toAuth, []],
+  ['an auth route with forwardClaims', (c) => (toAuth(c), (c.routes[0].forwardClaims = ['repository'])), []],
+  // Traefik's ForwardAuth asks with GET whatever the client's method, so a method list on an auth route would mislead.
+  ['an auth route with methods', (c) => (toAuth(c), (c.routes[0].methods = ['GET'])), ["routes[0].methods: an auth route sees the auth request's method, not the client's: leave it out"]],
+  ['an explicit proxy mode', (c) => (c.routes[0].mode = 'proxy'), []],
+  ['an auth route beside a proxy route', (c) => c.routes.push({ path: '/auth', mode: 'auth', allow: c.routes[0].allow }), []],
+  ['an auth route with an upstream', (c) => (c.routes[0].mode = 'auth'), [`routes[0].upstream: ${AUTH_UPSTREAM}`]],
+  ['an auth route with a bad upstream', (c) => ((c.routes[0].mode = 'auth'), (c.routes[0].upstream = 'ftp://x/')), [`routes[0].upstream: ${AUTH_UPSTREAM}`]],
+  ['a proxy route without an upstream', (c) => ((c.routes[0].mode = 'proxy'), delete c.routes[0].upstream), ['routes[0].upstream: expected an absolute http or https URL']],
+  ['an auth route that pins no one', (c) => (toAuth(c), (c.routes[0].allow = [{ ref: 'refs/heads/main' }])), [`routes[0].allow[0]: ${PIN}`]],
+  ...['Auth', 'forward-auth', '', 1, true, null, ['auth'], {}].map((mode): [string, (c: Json) => void, string[]] => [`the mode ${JSON.stringify(mode)}`, (c) => (c.routes[0].mode = mode), [`routes[0].mode: ${MODE}`]]),
+  ['a bad mode on the second route only', (c) => c.routes.push({ ...c.routes[0], path: '/b', mode: 'tunnel' }), [`routes[1].mode: ${MODE}`]],
+  ...['debug', 'info', 'warn', 'error'].map((level): [string, (c: Json) => void, string[]] => [`log.level "${level}"`, (c) => (c.log = { level }), []]),
+  ['an empty log object', (c) => (c.log = {}), []],
+  ...['verbose', 'INFO', 'warning', '', 1, null, ['info']].map((level): [string, (c: Json) => void, string[]] => [`log.level ${JSON.stringify(level)}`, (c) => (c.log = { level }), [`log.level: ${LEVEL}`]]),
+  ['log as a string', (c) => (c.log = 'debug'), ['log: expected an object']],
+  ['log as an array', (c) => (c.log = []), ['log: expected an object']],
+  ['an unknown key in log', (c) => (c.log = { level: 'info', format: 'json' }), ['log.format: unknown key']],
+  ...[0, 1, 25_000, 600_000].map((ms): [string, (c: Json) => void, string[]] => [`timeouts.drainMs ${ms}`, (c) => (c.timeouts = { drainMs: ms }), []]),
+  ...[-1, 600_001, '25s', null, 1e308].map((ms): [string, (c: Json) => void, string[]] => [`timeouts.drainMs ${JSON.stringify(ms)}`, (c) => (c.timeouts = { drainMs: ms }), [`timeouts.drainMs: ${DRAIN}`]]),
+];
+
+for (const [what, change, problems] of ADDITIONS) {
+  test(`parseConfig ${problems.length ? `refuses ${what} with ${problems.map((x) => JSON.stringify(x)).join(' and ')}` : `accepts ${what}`}`, () => {
+    const input = minimal();
+    change(input);
+    const result = parseConfig(input);
+    if (problems.length === 0) assert.ok(result.ok, result.ok ? '' : result.problems.join('\n'));
+    else assert.deepEqual([...problemsOf(result)].sort(), [...problems].sort());
+  });
+}
+
+test('DEFAULTS and a minimal config have log level info, a 25 s drain, and proxy routes (with an upstream)', () => {
+  assert.equal(DEFAULTS.log.level, 'info');
+  assert.equal(DEFAULTS.timeouts.drainMs, 25_000);
+  const result = parseConfig(minimal());
+  assert.ok(result.ok);
+  assert.deepEqual(result.config.log, { level: 'info' });
+  assert.equal(result.config.timeouts.drainMs, 25_000);
+  assert.equal(result.config.routes[0]!.upstream?.href, 'http://127.0.0.1:8081/');
+});
+
+test('an auth route is read with no upstream (which is what makes it answer itself), and its log level and drain as written', () => {
+  const input = minimal();
+  toAuth(input);
+  input.log = { level: 'debug' };
+  input.timeouts = { drainMs: 0 };
+  const result = parseConfig(input);
+  assert.ok(result.ok, result.ok ? '' : result.problems.join('\n'));
+  assert.equal(result.config.routes[0]!.upstream, undefined);
+  assert.equal(result.config.log.level, 'debug');
+  assert.equal(result.config.timeouts.drainMs, 0);
+});
+
+// --- warnings ----------------------------------------------------------------------------
+
+const NAME_SUB = 'repo:octo-org/octo-repo:ref:refs/heads/main';
+const ID_SUB = 'repo:octo-org@456/octo-repo@123:ref:refs/heads/main';
+
+// Each row changes a minimal config (whose one rule names repository alone) and
+// lists the paths warned about, each with a text its warning must contain.
+const WARNED: [what: string, change: (c: Json) => void, warnings: [path: string, mentions: string][]][] = [
+  ['the minimal config, repository without repository_id', () => {}, [['routes[0].allow[0].repository', 'repository_id']]],
+  ['repository pinned by repository_id as well', (c) => (c.routes[0].allow[0].repository_id = '123'), []],
+  ['repository_id alone', (c) => (c.routes[0].allow = [{ repository_id: '123' }]), []],
+  ['repository_owner without repository_owner_id', (c) => (c.routes[0].allow = [{ repository_owner: 'octo-org' }]), [['routes[0].allow[0].repository_owner', 'repository_owner_id']]],
+  ['repository_owner with repository_owner_id', (c) => (c.routes[0].allow = [{ repository_owner: 'octo-org', repository_owner_id: '456' }]), []],
+  ['job_workflow_ref alone', (c) => (c.routes[0].allow = [{ job_workflow_ref: 'octo-org/wf/.github/workflows/d.yml@refs/heads/main' }]), [['routes[0].allow[0].job_workflow_ref', 'repository_owner_id']]],
+  ['job_workflow_ref with repository_owner_id', (c) => (c.routes[0].allow = [{ job_workflow_ref: 'octo-org/wf/.github/workflows/d.yml@*', repository_owner_id: '456' }]), []],
+  ['a name-form sub', (c) => (c.routes[0].allow = [{ sub: NAME_SUB }]), [['routes[0].allow[0].sub', '2026-07-15']]],
+  ['an id-form sub', (c) => (c.routes[0].allow = [{ sub: ID_SUB }]), [['routes[0].allow[0].sub', 'repo:OWNER/REPO:']]],
+  ['a sub listing both formats', (c) => (c.routes[0].allow = [{ sub: [NAME_SUB, ID_SUB] }]), []],
+  ['a second rule, on an auth route', (c) => (toAuth(c), c.routes[0].allow.push({ repository_id: '1' }, { repository_owner: 'x' })), [
+    ['routes[0].allow[0].repository', 'repository_id'],
+    ['routes[0].allow[2].repository_owner', 'repository_owner_id'],
+  ]],
+  ['a second route and a tunnel', (c) => {
+    c.routes.push({ path: '/b', upstream: 'http://127.0.0.1:8082/', allow: [{ repository_id: '1', sub: ID_SUB }] });
+    c.tunnels = [{ to: ['db.internal:5432'], allow: [{ repository_owner: 'octo-org' }] }];
+  }, [
+    ['routes[0].allow[0].repository', 'repository_id'],
+    ['routes[1].allow[0].sub', 'repo:OWNER/REPO:'],
+    ['tunnels[0].allow[0].repository_owner', 'repository_owner_id'],
+  ]],
+];
+
+for (const [what, change, warned] of WARNED) {
+  test(`parseConfig accepts ${what}${warned.length ? `, warning at ${warned.map(([p]) => p).join(' and ')}` : ', without a warning'}`, () => {
+    const input = minimal();
+    change(input);
+    const result = parseConfig(input);
+    assert.ok(result.ok, result.ok ? '' : result.problems.join('\n'));
+    assert.deepEqual(result.warnings.map((w) => w.slice(0, w.indexOf(': '))).sort(), warned.map(([p]) => p).sort(), result.warnings.join('\n'));
+    for (const [path, mentions] of warned) {
+      const line = result.warnings.find((w) => w.startsWith(`${path}: `))!;
+      assert.ok(line.includes(mentions), `${line} mentions ${mentions}`);
+    }
+  });
+}
+
+test('a refused config reports problems and no warnings, even beside a rule that would be warned about', () => {
+  const input = minimal();
+  input.routes.push({ path: '/b', upstream: 'ftp://x/', allow: [{ repository_owner: 'octo-org' }] });
+  const result = parseConfig(input);
+  assert.deepEqual(problemsOf(result), ['routes[1].upstream: expected an http or https URL']);
+  assert.equal('warnings' in result, false);
+});

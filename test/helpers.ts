@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants, createHash, createHmac, generateKeyPair, sign, type KeyObject } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -98,7 +98,46 @@ export function signToken(
   opts: { readonly alg?: SigningAlg } = {},
 ): string {
   const input = `${segmentOf(header)}.${segmentOf(payload)}`;
-  return `${input}.${signatureFor(opts.alg ?? 'RS256', input, key).toString('base64url')}`;
+  return remember(`${input}.${signatureFor(opts.alg ?? 'RS256', input, key).toString('base64url')}`);
+}
+
+// Every token signToken returned in this process, kept for the scan each
+// startGateway runs on its log at close(): the signature segment, or the whole
+// token when its signature is too short to tell from ordinary text ('none').
+// Needles are looked up by their first NEEDLE_KEY characters, so the scan costs
+// one Map lookup per character of token-like text, however many tokens exist.
+const NEEDLE_MIN = 20;
+const NEEDLE_KEY = 16;
+const signedNeedles = new Map<string, Set<string>>();
+
+function remember(token: string): string {
+  const signature = token.slice(token.lastIndexOf('.') + 1);
+  const needle = signature.length >= NEEDLE_MIN ? signature : token;
+  if (needle.length >= NEEDLE_MIN) {
+    const key = needle.slice(0, NEEDLE_KEY);
+    const bucket = signedNeedles.get(key) ?? new Set();
+    signedNeedles.set(key, bucket.add(needle));
+  }
+  return token;
+}
+
+/** The first token signed in this process (or its signature) that occurs in `text`, if any. */
+export function signedTokenIn(text: string): string | undefined {
+  // A whole token (dots included) or a signature lies inside one run of base64url text.
+  for (const [run] of text.matchAll(/[A-Za-z0-9_.-]{20,}/g)) {
+    for (let i = 0; i + NEEDLE_MIN <= run.length; i++) {
+      const bucket = signedNeedles.get(run.slice(i, i + NEEDLE_KEY));
+      if (bucket) for (const needle of bucket) if (run.startsWith(needle, i)) return needle;
+    }
+  }
+  return undefined;
+}
+
+/** A token as GitHub's issuer would sign it for octo-org/octo-repo on main, valid for an hour; `claims` override. */
+export function workflowToken(iss: string, key: TestKey, aud: string, claims: Record<string, unknown> = {}): string {
+  const now = Math.floor(Date.now() / 1000);
+  const payload = { iss, aud, sub: 'repo:octo-org/octo-repo:ref:refs/heads/main', repository: 'octo-org/octo-repo', ref: 'refs/heads/main' };
+  return signToken({ alg: 'RS256', typ: 'JWT', kid: key.kid }, { ...payload, iat: now, nbf: now, exp: now + 3600, ...claims }, key.privateKey);
 }
 
 /** The raw signature bytes of a signing input under one algorithm. */
@@ -605,7 +644,27 @@ export interface RunningGateway {
   readonly configFile: string;
   /** The JSON lines the gateway logged so far. */
   logs(): Record<string, unknown>[];
+  /**
+   * Stops the process and removes its config directory; then throws if any
+   * stdout line is not JSON, or stdout or stderr holds a token signToken made
+   * in this process (or its signature). Safe to call twice.
+   */
   close(): Promise<ProcessExit>;
+}
+
+/** Throws, naming the line (truncated), unless every line of `stdout` is JSON and holds no token signed in this process. */
+export function assertLogClean(stdout: string): void {
+  for (const line of stdout.split('\n')) {
+    if (line === '') continue;
+    const shown = line.length > 200 ? `${line.slice(0, 200)}...` : line;
+    try {
+      JSON.parse(line);
+    } catch {
+      throw new assert.AssertionError({ message: `a gateway log line is not JSON: ${shown}` });
+    }
+    const found = signedTokenIn(line);
+    if (found !== undefined) throw new assert.AssertionError({ message: `a signed token (${found.slice(0, 12)}...) in a gateway log line: ${shown}` });
+  }
 }
 
 /** Writes `config` to a temporary file and runs `dist/main.js --config` on it, on ports picked by the OS. */
@@ -614,7 +673,12 @@ export async function startGateway(config: Record<string, unknown>, opts: { read
   const configFile = join(dir, 'gateway.config.json');
   writeFileSync(configFile, JSON.stringify({ listen: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 }, ...config }));
   const proc = startProcess(GATEWAY_RUNTIME, [MAIN_JS, '--config', configFile]);
-  const started = await proc.waitFor(/"kind":"start".*"port":(\d+),"adminPort":(\d+)/, 15_000);
+  let closing: Promise<ProcessExit> | undefined;
+  const started = await proc.waitFor(/"kind":"start".*"port":(\d+),"adminPort":(\d+)/, 15_000).catch(async (err: unknown) => {
+    await proc.close();
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  });
   const port = Number(started[1]);
   const gateway: RunningGateway = {
     process: proc,
@@ -623,9 +687,21 @@ export async function startGateway(config: Record<string, unknown>, opts: { read
     adminUrl: `http://127.0.0.1:${started[2]}`,
     configFile,
     logs: () => proc.stdout().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>),
-    close: () => proc.close(),
+    close: () =>
+      (closing ??= proc.close().then((exit) => {
+        rmSync(dir, { recursive: true, force: true });
+        assertLogClean(proc.stdout());
+        const inStderr = signedTokenIn(proc.stderr());
+        if (inStderr !== undefined) throw new assert.AssertionError({ message: `a signed token (${inStderr.slice(0, 12)}...) in the gateway's stderr` });
+        return exit;
+      })),
   };
-  if (opts.waitReady !== false) await waitUntil(async () => (await fetch(`${gateway.adminUrl}/readyz`)).status === 200, 10_000);
+  if (opts.waitReady !== false) {
+    await waitUntil(async () => (await fetch(`${gateway.adminUrl}/readyz`)).status === 200, 10_000).catch(async (err: unknown) => {
+      await gateway.close().catch(() => {});
+      throw err;
+    });
+  }
   return gateway;
 }
 

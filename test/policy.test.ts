@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Claims } from '../src/jwt.ts';
-import { checkRule, claimText, compileGlob, compilePolicy, evaluate, matchGlob, type Rule } from '../src/policy.ts';
+import { checkRule, claimText, compileGlob, compilePolicy, evaluate, matchGlob, ruleWarnings, type Rule } from '../src/policy.ts';
 
 // Claims as the verifier hands them over: null-prototype, frozen, own
 // properties only (the same copy jwt.ts makes with defineProperty).
@@ -421,4 +421,60 @@ test('with more than one issuer, a rule naming only its issuer still pins no one
   assert.match(problems[0]![1], PIN);
   const open = checkRule({ ref: 'refs/heads/main' }, true);
   assert.deepEqual(open.map(([claim]) => claim), ['', 'iss']);
+});
+
+// --- warnings: valid rules that trust what can change hands -----------------
+
+const NAME_SUB = 'repo:octo-org/octo-repo:ref:refs/heads/main';
+const ID_SUB = 'repo:octo-org@456/octo-repo@123:ref:refs/heads/main';
+const JOB = 'octo-org/wf/.github/workflows/deploy.yml@refs/heads/main';
+
+// Each row: the rule, and the claims warned about with a text each warning must contain.
+const WARNINGS: [what: string, rule: Rule, warned: [claim: string, mentions: string][]][] = [
+  ['repository without repository_id', { repository: 'octo-org/octo-repo' }, [['repository', 'repository_id']]],
+  ['repository with repository_id', { repository: 'octo-org/octo-repo', repository_id: '123' }, []],
+  ['repository_owner without repository_owner_id', { repository_owner: 'octo-org' }, [['repository_owner', 'repository_owner_id']]],
+  ['repository_owner with repository_owner_id', { repository_owner: 'octo-org', repository_owner_id: '456' }, []],
+  ['repository and repository_owner, no ids', { repository: 'octo-org/a', repository_owner: 'octo-org' }, [['repository', 'repository_id'], ['repository_owner', 'repository_owner_id']]],
+  ['repository_id alone', { repository_id: '123' }, []],
+  ['job_workflow_ref alone', { job_workflow_ref: JOB }, [['job_workflow_ref', 'repository_owner_id']]],
+  ...['repository_id', 'repository_owner_id'].map((pin): [string, Rule, [string, string][]] => [`job_workflow_ref with ${pin}`, { job_workflow_ref: JOB, [pin]: '1' }, []]),
+  ['job_workflow_ref with repository (warned for its own name only)', { job_workflow_ref: JOB, repository: 'octo-org/a' }, [['repository', 'repository_id']]],
+  ['job_workflow_ref with an id-form and a name-form sub', { job_workflow_ref: JOB, sub: [NAME_SUB, ID_SUB] }, []],
+  ['a name-form sub', { sub: NAME_SUB }, [['sub', '2026-07-15']]],
+  ['name-form sub alternatives', { sub: ['repo:octo-org/a:*', 'repo:octo-org/b:*'] }, [['sub', 'repo:OWNER@ID/REPO@ID:']]],
+  ['a name-form sub over the owner', { repository_owner_id: '456', sub: 'repo:octo-org/*' }, [['sub', '2026-07-15']]],
+  ['an id-form sub', { sub: ID_SUB }, [['sub', 'repo:OWNER/REPO:']]],
+  ['an id-form sub over the owner', { sub: 'repo:octo-org@456/*' }, [['sub', 'repo:OWNER/REPO:']]],
+  ['a sub listing both formats', { sub: [NAME_SUB, ID_SUB] }, []],
+  ['a sub listing both formats, an @ after the first /', { sub: ['repo:octo-org/octo-repo:ref:refs/heads/x@y', ID_SUB] }, []],
+  // A pattern with a * before the first / (or no / at all) matches subjects of both formats.
+  ['a sub of "repo:*" beside repository_id', { repository_id: '123', sub: 'repo:*' }, []],
+  ['a sub open over the owner\'s spelling, beside repository_id', { repository_id: '123', sub: 'repo:octo-org*:environment:production' }, []],
+  // A customised subject template (GitHub's OIDC sub customisation) is in neither "repo:" format.
+  ['a customised sub of ids', { repository_id: '123', sub: 'repository_owner_id:456:repository_id:123:environment:production' }, []],
+];
+
+for (const [what, rule, warned] of WARNINGS) {
+  test(`ruleWarnings ${warned.length ? `warns about ${warned.map(([c]) => c).join(' and ')} for` : 'says nothing about'} a rule on ${what}`, () => {
+    assert.deepEqual(checkRule(rule, false), [], 'the rule is valid: a warning is never a problem');
+    const warnings = ruleWarnings(rule);
+    assert.deepEqual(warnings.map(([claim]) => claim).sort(), warned.map(([claim]) => claim).sort(), JSON.stringify(warnings));
+    for (const [claim, mentions] of warned) assert.ok(warnings.find(([c]) => c === claim)![1].includes(mentions), `the ${claim} warning mentions ${mentions}`);
+  });
+}
+
+test('sub patterns with a * before the first / match subjects of both formats, so "matches only one format" would be untrue of them', () => {
+  for (const pattern of ['repo:*', 'repo:octo-org*:environment:production']) {
+    for (const sub of ['repo:octo-org/octo-repo:environment:production', 'repo:octo-org@456/octo-repo@123:environment:production']) assert.ok(glob(pattern, sub), `${pattern} matches ${sub}`);
+  }
+});
+
+test('the name-form and id-form sub warnings each name the format the rule misses, and nothing the rule itself holds', () => {
+  const [[, name]] = ruleWarnings({ sub: NAME_SUB }) as [[string, string]];
+  const [[, id]] = ruleWarnings({ sub: ID_SUB }) as [[string, string]];
+  assert.match(name, /repo:OWNER@ID\/REPO@ID:/);
+  assert.match(id, /repo:OWNER\/REPO:/);
+  assert.notEqual(name, id);
+  for (const text of [name, id]) assert.ok(!text.includes('octo-org'), 'no claim value in the text');
 });
