@@ -18,14 +18,8 @@ export const IDENTITY_CLAIMS = [
 
 export type Log = (line: Record<string, unknown>) => void;
 
-export function identityOf(claims: Claims): Record<string, string> {
-  const who: Record<string, string> = {};
-  for (const name of IDENTITY_CLAIMS) {
-    const v = claimText(claims, name);
-    if (v !== undefined) who[name] = v;
-  }
-  return who;
-}
+export const identityOf = (claims: Claims): Record<string, string> =>
+  Object.fromEntries(IDENTITY_CLAIMS.map((name) => [name, claimText(claims, name)]).filter(([, v]) => v !== undefined));
 
 const RANK = { debug: 0, info: 1, warn: 2, error: 3 } as const;
 export type LogLevel = keyof typeof RANK;
@@ -75,8 +69,7 @@ export function beginExchange(req: IncomingMessage, out: ServerResponse | Duplex
     refuse(reason, extra) {
       // Proxy clients (forward and CONNECT) get 407 and a Basic challenge when they sent no credentials.
       const status = ex.entry.kind !== 'request' && reason === 'token_missing' ? 407 : STATUS[reason];
-      if ('writeHead' in out) reply(out, status, reason, id, ex.bodyPending);
-      else socketReply(out, status, reason, id);
+      reply(out, status, reason, id, ex.bodyPending);
       ex.log(status, reason, extra);
     },
     settle(o) {
@@ -95,33 +88,26 @@ function decisionOf(status: number, reason: Reason | undefined): 'allow' | 'deny
   return status >= 499 ? 'error' : 'deny';
 }
 
-function errorHeaders(status: number, reason: Reason): Record<string, string> {
+/** A refusal on the wire, through the ServerResponse or, on a CONNECT socket, which has none, written by hand. */
+function reply(out: ServerResponse | Duplex, status: number, reason: Reason, id: string, bodyPending: boolean): void {
+  const body = JSON.stringify({ error: reason, id });
   const headers: Record<string, string> = { 'content-type': 'application/json', 'cache-control': 'no-store' };
   // RFC 6750 §3.1: no error code when no credentials were sent at all.
   if (status === 401) headers['www-authenticate'] = reason === 'token_missing' ? 'Bearer realm="oidc-gateway"' : 'Bearer realm="oidc-gateway", error="invalid_token"';
   if (status === 407) headers['proxy-authenticate'] = 'Basic realm="oidc-gateway"';
   if (status === 503) headers['retry-after'] = '5';
-  return headers;
-}
-
-function reply(res: ServerResponse, status: number, reason: Reason, id: string, bodyPending: boolean): void {
-  if (res.headersSent) return void res.destroy();
-  const headers = errorHeaders(status, reason);
-  // A refused body is not read: close the connection instead of draining it.
-  if (bodyPending) headers.connection = 'close';
-  res.writeHead(status, headers).end(JSON.stringify({ error: reason, id }));
-}
-
-/** The same answer on a CONNECT socket, which has no ServerResponse. */
-function socketReply(socket: Duplex, status: number, reason: Reason, id: string): void {
-  if (!socket.writable) return void socket.destroy();
+  if ('writeHead' in out) {
+    if (out.headersSent) return void out.destroy();
+    // A refused body is not read: close the connection instead of draining it.
+    if (bodyPending) headers.connection = 'close';
+    return void out.writeHead(status, headers).end(body);
+  }
+  if (!out.writable) return void out.destroy();
   // Nothing reads a refused CONNECT socket and no server timer watches it any more:
   // discard what the client still sends, and cut it if it does not close in time.
-  socket.resume();
-  setTimeout(() => socket.destroy(), 2_000).unref();
-  const body = JSON.stringify({ error: reason, id });
-  const headers = { ...errorHeaders(status, reason), 'content-length': String(body.length), connection: 'close' };
-  const lines = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+  out.resume();
+  setTimeout(() => out.destroy(), 2_000).unref();
+  const lines = Object.entries({ ...headers, 'content-length': String(body.length), connection: 'close' }).map(([k, v]) => `${k}: ${v}\r\n`).join('');
   // node:http names every status a refusal can have but nginx's 499.
-  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Client Closed Request'}\r\n${lines}\r\n${body}`);
+  out.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Client Closed Request'}\r\n${lines}\r\n${body}`);
 }

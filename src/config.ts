@@ -4,15 +4,12 @@ import { isIP } from 'node:net';
 import type { LogLevel } from './audit.js';
 import { checkDestinationPattern } from './destination.js';
 import { isReservedHeader } from './headers.js';
-import { checkKeyUrl, KEYSET_DEFAULTS } from './jwks.js';
+import { checkKeyUrl, KEYSET_DEFAULTS, type KeySetOptions } from './jwks.js';
 import { isObject, VERIFIER_DEFAULTS } from './jwt.js';
 import { checkRule, ruleWarnings, type Rule } from './policy.js';
 
-export interface IssuerConfig {
-  readonly issuer: string;
+export interface IssuerConfig extends Pick<KeySetOptions, 'issuer' | 'jwksUri' | 'jwksFile'> {
   readonly audiences: readonly string[];
-  readonly jwksUri?: string;
-  readonly jwksFile?: string;
 }
 
 export interface RouteConfig {
@@ -50,15 +47,16 @@ const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error'];
 
 /** Every tunable number as [default, min, max]; the token and key defaults are those of the modules that use them. */
 const RANGES = {
-  token: { clockSkewSeconds: [VERIFIER_DEFAULTS.clockSkewSeconds, 0, 600], maxBytes: [VERIFIER_DEFAULTS.maxTokenBytes, 1024, 65_536] },
+  token: {
+    clockSkewSeconds: [VERIFIER_DEFAULTS.clockSkewSeconds, 0, 600], maxBytes: [VERIFIER_DEFAULTS.maxTokenBytes, 1024, 65_536], cacheSize: [VERIFIER_DEFAULTS.cacheSize, 0, 1_000_000],
+  },
   keys: { fetchTimeoutMs: [KEYSET_DEFAULTS.fetchTimeoutMs, 100, 60_000], cooldownMs: [KEYSET_DEFAULTS.cooldownMs, 1_000, 3_600_000], staleIfErrorMs: [KEYSET_DEFAULTS.staleIfErrorMs, 0, 604_800_000] },
   timeouts: { upstreamConnectMs: [5_000, 10, 600_000], upstreamHeadMs: [30_000, 10, 3_600_000], idleMs: [300_000, 10, 86_400_000], clientHeadersMs: [10_000, 10, 600_000], drainMs: [25_000, 0, 600_000] },
 } as const;
 type Section = keyof typeof RANGES;
 type Numbers<S extends Section> = { readonly [K in keyof (typeof RANGES)[S]]: number };
 
-const defaultsOf = <S extends Section>(section: S) =>
-  Object.fromEntries(Object.entries(RANGES[section]).map(([key, [fallback]]) => [key, fallback])) as Numbers<S>;
+const defaultsOf = <S extends Section>(section: S) => numbers(section, {}, () => {});
 
 export const DEFAULTS = {
   listen: { host: '0.0.0.0', port: 8000 },
@@ -89,7 +87,7 @@ export function parseConfig(input: unknown): ConfigResult {
     const port = or(o.port, DEFAULTS[name].port);
     if (typeof host !== 'string' || host === '') p(`${name}.host`, 'expected a host name or address');
     if (!Number.isInteger(port) || (port as number) < 0 || (port as number) > 65535) p(`${name}.port`, 'expected an integer from 0 to 65535');
-    return { host: String(host), port: Number(port) };
+    return { host: text(host), port: typeof port === 'number' ? port : NaN };
   };
   const listen = endpoint('listen');
   const admin = endpoint('admin');
@@ -99,8 +97,7 @@ export function parseConfig(input: unknown): ConfigResult {
   }
 
   const issuerList = array(root.issuers, 'issuers', p);
-  if (root.issuers !== undefined && issuerList.length === 0) p('issuers', 'expected at least one issuer');
-  if (root.issuers === undefined) p('issuers', 'required');
+  if (issuerList.length === 0) p('issuers', root.issuers === undefined ? 'required' : 'expected at least one issuer');
   const issuers = issuerList.map((raw, i): IssuerConfig => {
     const at = `issuers[${i}]`;
     const o = object(raw, at, ['issuer', 'audience', 'jwksUri', 'jwksFile'], p);
@@ -112,21 +109,21 @@ export function parseConfig(input: unknown): ConfigResult {
     if (audiences.length === 0 || audiences.includes('')) p(`${at}.audience`, 'expected a non-empty string or array of them');
     if (o.jwksFile !== undefined && (typeof o.jwksFile !== 'string' || o.jwksFile === '')) p(`${at}.jwksFile`, 'expected a file path');
     if (o.jwksUri !== undefined && o.jwksFile !== undefined) p(at, 'give jwksUri or jwksFile, not both');
-    return { issuer: String(o.issuer), audiences, jwksUri: o.jwksUri as string | undefined, jwksFile: o.jwksFile as string | undefined };
+    return { issuer: text(o.issuer), audiences, jwksUri: o.jwksUri as string | undefined, jwksFile: o.jwksFile as string | undefined };
   });
   const names = issuers.map((i) => i.issuer);
   names.forEach((n, i) => names.indexOf(n) !== i && p(`issuers[${i}].issuer`, 'duplicate issuer'));
 
-  const tok = object(or(root.token, {}), 'token', ['header', 'clockSkewSeconds', 'maxAgeSeconds', 'maxBytes'], p);
+  const tok = object(or(root.token, {}), 'token', ['header', 'maxAgeSeconds', ...Object.keys(RANGES.token)], p);
   const header = or(tok.header, DEFAULTS.token.header);
   if (typeof header !== 'string' || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$/.test(header)) p('token.header', 'expected an HTTP header name');
   if (typeof header === 'string' && isReservedHeader(header.toLowerCase())) p('token.header', 'must not be a header the gateway reads or sets itself');
   const maxAgeSeconds = tok.maxAgeSeconds === undefined ? undefined : num(tok, 'maxAgeSeconds', 0, 1, 86_400, 'token', p);
-  const token = { header: String(header).toLowerCase(), ...numbers('token', tok, p), maxAgeSeconds };
+  const token = { header: text(header).toLowerCase(), ...numbers('token', tok, p), maxAgeSeconds };
   const keys = numbers('keys', object(or(root.keys, {}), 'keys', Object.keys(RANGES.keys), p), p);
   const timeouts = numbers('timeouts', object(or(root.timeouts, {}), 'timeouts', Object.keys(RANGES.timeouts), p), p);
 
-  const logLevel = or(object(or(root.log, {}), 'log', ['level'], p).level, 'info');
+  const logLevel = or(object(or(root.log, {}), 'log', ['level'], p).level, DEFAULTS.log.level);
   if (!LOG_LEVELS.includes(logLevel as LogLevel)) p('log.level', `expected one of ${LOG_LEVELS.join(', ')}`);
 
   const trustedProxies = strings(or(root.trustedProxies, []), 'trustedProxies', p);
@@ -238,8 +235,11 @@ function numbers<S extends Section>(section: S, o: Json, p: Report): Numbers<S> 
 function num(o: Json, key: string, fallback: number, min: number, max: number, at: string, p: Report): number {
   const v = or(o[key], fallback);
   if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) p(`${at}.${key}`, `expected a number from ${min} to ${max}`);
-  return Number(v);
+  return typeof v === 'number' ? v : NaN;
 }
+
+/** What was reported as a problem is never used, but must not throw on the way: `{"toString": 1}` would in String(). */
+const text = (v: unknown) => (typeof v === 'string' ? v : '');
 
 function cidrProblem(cidr: string): string | undefined {
   const [addr = '', bits, extra] = cidr.split('/');

@@ -1,6 +1,7 @@
 // Where a tunnel or forward-proxied request may go, matched on the literal text asked for, never on what it resolves to
 // (dns.lookup reads "127.1", "0x7f.0.0.1" and "2130706433" as 127.0.0.1); the resolved address is then checked on its own.
 import { lookup } from 'node:dns/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { BlockList, isIP, isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { compileGlob, matchGlob } from './policy.js';
@@ -95,10 +96,8 @@ export type Resolved = { readonly address: string } | { readonly reason: 'connec
 export async function resolveDestination(d: Destination, m: DestinationMatcher, ownPorts: readonly number[], timeoutMs: number): Promise<Resolved> {
   let address = d.host;
   if (!d.isIp) {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<'timeout'>((resolve) => (timer = setTimeout(resolve, timeoutMs, 'timeout')));
-    const found = await Promise.race([lookup(d.host).then((a) => a.address, () => undefined), timeout]);
-    clearTimeout(timer);
+    // An unref'd timer: the race's loser must not keep the process alive.
+    const found = await Promise.race([lookup(d.host).then((a) => a.address, () => undefined), sleep(timeoutMs, 'timeout' as const, { ref: false })]);
     if (found === 'timeout') return { reason: 'upstream_timeout' };
     if (found === undefined) return { reason: 'upstream_unreachable' };
     address = found;

@@ -2,6 +2,7 @@
 //   target → route or destination → token → verify (keys) → policy → proxy or
 //   tunnel → one audit line. Nothing is contacted before every step said yes.
 import { createHash } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Agent, IncomingMessage, ServerResponse } from 'node:http';
 import { BlockList, isIPv4 } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -13,7 +14,7 @@ import { createTokenVerifier, type KeyResolver, type VerifierOptions } from './j
 import { createMetrics } from './metrics.js';
 import { compilePolicy, evaluate, explainPolicy, type Policy } from './policy.js';
 import { createAgent, forward } from './proxy.js';
-import { compileTunnels, createProxyMode, type Admitted, type Authenticate, type ProxyPlan } from './proxymode.js';
+import { compileTunnels, createProxyMode, type Admitted, type ProxyPlan } from './proxymode.js';
 import { createRouter, parseTarget, type Routed } from './router.js';
 
 /** The audit log's sink, and the key sets' fetch and clock (injectable for tests). */
@@ -43,7 +44,6 @@ type CompiledRoute = RouteConfig & { readonly upstreamPath: string; readonly pol
 
 /** Everything one config compiles to. A request reads the plan in force once, when it arrives. */
 interface Plan extends ProxyPlan {
-  readonly routes: readonly CompiledRoute[];
   readonly keySets: ReadonlyMap<string, KeySet>;
   readonly route: (path: string) => Routed<CompiledRoute> | undefined;
   readonly trusted: BlockList;
@@ -51,19 +51,20 @@ interface Plan extends ProxyPlan {
 
 /** The token verifier's options for a config, with each issuer's key resolver from `keysOf`. */
 export function verifierOptions(config: GatewayConfig, keysOf: (issuer: IssuerConfig) => KeyResolver): VerifierOptions {
-  const { clockSkewSeconds, maxAgeSeconds, maxBytes: maxTokenBytes } = config.token;
-  return { issuers: config.issuers.map((i) => ({ issuer: i.issuer, audiences: i.audiences, resolveKey: keysOf(i) })), clockSkewSeconds, maxAgeSeconds, maxTokenBytes };
+  const { clockSkewSeconds, maxAgeSeconds, maxBytes: maxTokenBytes, cacheSize } = config.token;
+  const issuers = config.issuers.map((i) => ({ issuer: i.issuer, audiences: i.audiences, resolveKey: keysOf(i) }));
+  return { issuers, clockSkewSeconds, maxAgeSeconds, maxTokenBytes, cacheSize };
 }
 
 export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {}): Gateway {
   const metrics = createMetrics();
-  const sink = opts.log ?? (() => {});
-  const log: Log = (line) => (metrics.observe(line), sink(line));
+  const log: Log = (line) => (metrics.observe(line), opts.log?.(line));
   // Pools that outlive a reload: key sets by where their keys come from (keys.* settings apply at restart), agents by origin.
   const keySetPool = new Map<string, KeySet>();
   const agents = new Map<string, Agent>();
   const agentFor = (upstream: URL) => agents.get(upstream.origin) ?? agents.set(upstream.origin, createAgent(upstream)).get(upstream.origin)!;
   const proxyMode = createProxyMode(log);
+  const tokenCache = { hits: 0, misses: 0 };
   let started = false;
   let draining = false;
   // Responses not yet answered, so a drain can ask them to close; exchanges not yet logged, so a stop can wait for them.
@@ -84,8 +85,9 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
     }
     const inUse = [...keySets.values()];
     for (const [shape, keySet] of keySetPool) if (!inUse.includes(keySet)) (keySet.stop(), keySetPool.delete(shape));
-    const verify = createTokenVerifier({ ...verifierOptions(config, (i) => keySets.get(i.issuer)!.resolveKey), now: opts.now });
-    const authenticate: Authenticate = async (ex, token) => {
+    const onCache = (hit: boolean) => (hit ? tokenCache.hits++ : tokenCache.misses++);
+    const verify = createTokenVerifier({ ...verifierOptions(config, (i) => keySets.get(i.issuer)!.resolveKey), now: opts.now, onCache });
+    const authenticate: ProxyPlan['authenticate'] = async (ex, token) => {
       // undefined: the token header was repeated.
       if (!token) return { ok: false, reason: token === '' ? 'token_missing' : 'token_malformed' };
       const verified = await verify(token);
@@ -98,7 +100,7 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
     for (const [addr = '', bits] of config.trustedProxies.map((cidr) => cidr.split('/'))) {
       trusted.addSubnet(addr, Number(bits ?? (isIPv4(addr) ? 32 : 128)), isIPv4(addr) ? 'ipv4' : 'ipv6');
     }
-    return { config, keySets, authenticate, routes, route: createRouter(routes), tunnels: compileTunnels(config), trusted };
+    return { config, keySets, authenticate, route: createRouter(routes), tunnels: compileTunnels(config), trusted };
   }
 
   const ready = () => !draining && [...plan.keySets.values()].every((k) => k.status().usable);
@@ -119,11 +121,10 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
 
     if (expectsContinue) res.writeContinue();
     const headers = upstreamHeaders(req.rawHeaders, {
+      ...to,
       tokenHeader: p.config.token.header,
       upstreamHost: to.authority ?? to.upstream.host,
       requestedHost: to.authority,
-      claims: to.claims,
-      forwardClaims: to.forwardClaims,
       clientIp: ex.client,
       trustedPeer: ex.client !== '' && p.trusted.check(ex.client, isIPv4(ex.client) ? 'ipv4' : 'ipv6'),
       requestId: ex.id,
@@ -187,7 +188,7 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
       };
       if (path === '/healthz') return send(200, '{"status":"ok"}');
       const issuers = new Map([...plan.keySets].map(([name, k]) => [name, k.status()]));
-      const snapshot = { issuers, tunnelsOpen: proxyMode.open(), ready: ready(), now: (opts.now ?? Date.now)() };
+      const snapshot = { issuers, tunnelsOpen: proxyMode.open(), ready: ready(), now: (opts.now ?? Date.now)(), tokenCache };
       if (path === '/metrics') return send(200, metrics.render(snapshot), 'text/plain; version=0.0.4; charset=utf-8');
       if (path !== '/readyz') return send(404, '{"error":"route_unknown"}');
       send(snapshot.ready ? 200 : 503, JSON.stringify({ ready: snapshot.ready, draining, issuers: Object.fromEntries(issuers) }));
@@ -209,8 +210,7 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
       for (const a of agents.values()) a.destroy();
       await proxyMode.stop();
       // Exchanges cut at the drain deadline still write their audit lines, some after a key fetch: wait for them, within bounds.
-      const bound = new Promise((resolve) => setTimeout(resolve, plan.config.keys.fetchTimeoutMs + 1_000).unref());
-      await Promise.race([Promise.allSettled([...unlogged]), bound]);
+      await Promise.race([Promise.allSettled([...unlogged]), sleep(plan.config.keys.fetchTimeoutMs + 1_000, undefined, { ref: false })]);
     },
     ready,
   };

@@ -25,7 +25,6 @@ export interface InboundHead {
   readonly token: string | undefined;
   readonly proxyToken: string | undefined;
   readonly hasBody: boolean;
-  /** We state the outgoing framing ourselves, never copy it. */
   readonly bodyFraming: { readonly chunked: true } | { readonly length: string } | undefined;
 }
 

@@ -11,14 +11,13 @@ export const KEYSET_DEFAULTS = {
   staleIfErrorMs: 86_400_000, maxBodyBytes: 1024 * 1024,
 } as const;
 
-export interface KeySetOptions {
+const TIMERS = ['fetchTimeoutMs', 'cooldownMs', 'staleIfErrorMs'] as const;
+
+export interface KeySetOptions extends Partial<Record<(typeof TIMERS)[number], number>> {
   readonly issuer: string;
   /** At most one of these; with neither, OpenID discovery finds the key set. */
   readonly jwksUri?: string;
   readonly jwksFile?: string;
-  readonly fetchTimeoutMs?: number;
-  readonly cooldownMs?: number;
-  readonly staleIfErrorMs?: number;
   readonly fetch?: typeof globalThis.fetch;
   readonly now?: () => number;
   readonly log?: (line: Record<string, unknown>) => void;
@@ -54,7 +53,7 @@ export function checkKeyUrl(text: string): string | undefined {
 
 export function createKeySet(opts: KeySetOptions): KeySet {
   if (opts.jwksUri !== undefined && opts.jwksFile !== undefined) throw new TypeError('jwksUri and jwksFile: give at most one');
-  const [fetchTimeoutMs, cooldownMs, staleIfErrorMs] = (['fetchTimeoutMs', 'cooldownMs', 'staleIfErrorMs'] as const).map((name) => {
+  const [fetchTimeoutMs, cooldownMs, staleIfErrorMs] = TIMERS.map((name) => {
     const ms = opts[name] ?? KEYSET_DEFAULTS[name];
     if (!(Number.isFinite(ms) && ms >= 0)) throw new TypeError(`${name}: expected a number >= 0`);
     return ms;

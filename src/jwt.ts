@@ -31,9 +31,14 @@ export interface VerifierOptions {
   readonly maxTokenBytes?: number;
   /** Milliseconds since the epoch; injectable so tests never sleep. */
   readonly now?: () => number;
+  /** How many verified tokens to remember (0: none), and who is told of each hit or miss. */
+  readonly cacheSize?: number;
+  readonly onCache?: (hit: boolean) => void;
 }
 
-export const VERIFIER_DEFAULTS = { clockSkewSeconds: 60, maxTokenBytes: 8 * 1024 } as const;
+export const VERIFIER_DEFAULTS = { clockSkewSeconds: 60, maxTokenBytes: 8 * 1024, cacheSize: 10_000 } as const;
+
+interface Verified { readonly kid: string; readonly key: KeyObject; readonly trusted: TrustedIssuer; readonly payload: Record<string, unknown>; readonly claims: Claims }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
@@ -49,9 +54,29 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
   if (!(Number.isInteger(maxBytes) && maxBytes > 0)) throw new TypeError('maxTokenBytes: expected an integer > 0');
   if (maxAge !== undefined && !(Number.isFinite(maxAge) && maxAge > 0)) throw new TypeError('maxAgeSeconds: expected a number > 0');
   if (opts.issuers.length === 0) throw new TypeError('issuers: expected at least one trusted issuer');
+  const cacheSize = Math.floor(opts.cacheSize ?? VERIFIER_DEFAULTS.cacheSize);
+  if (!(Number.isFinite(cacheSize) && cacheSize >= 0)) throw new TypeError('cacheSize: expected a number >= 0');
   const byIssuer = new Map(opts.issuers.map((t) => [t.issuer, t]));
+  // A resolver that throws anyway, even synchronously, counts as an unavailable key set.
+  const resolve = (t: TrustedIssuer, kid: string) => Promise.resolve().then(() => t.resolveKey(kid)).catch(() => 'jwks_unavailable' as const);
+  // Tokens that verified, least recently used first: a job reuses its token for minutes. Only the signature is
+  // skipped on a hit, the exact bytes having been verified under this very key: the key set is asked again
+  // (a rotated, dropped or stale key sends the token down the full path) and the claims are checked again.
+  const cache = new Map<string, Verified>();
 
   return async function verifyToken(token: string): Promise<Verification> {
+    const hit = cache.get(token);
+    const same = hit !== undefined && (await resolve(hit.trusted, hit.kid)) === hit.key;
+    // Still there after the wait: moved to the most recently used end, or dropped if its key is not the one that verified it.
+    if (hit && cache.delete(token) && same) cache.set(token, hit);
+    if (hit && same) {
+      opts.onCache?.(true);
+      const reason = checkClaims(hit.payload, hit.trusted, now() / 1000, skew, maxAge);
+      if (reason) cache.delete(token);
+      return reason ? fail(reason) : { ok: true, claims: hit.claims };
+    }
+    if (cacheSize > 0) opts.onCache?.(false);
+
     // 1. parse
     if (token === '') return fail('token_missing');
     if (typeof token !== 'string' || token.length > maxBytes) return fail('token_malformed');
@@ -75,8 +100,7 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
     const iss = own(payload, 'iss');
     const trusted = typeof iss === 'string' ? byIssuer.get(iss) : undefined;
     if (!trusted) return fail('issuer_mismatch');
-    // A resolver that throws anyway, even synchronously, counts as an unavailable key set.
-    const key = await Promise.resolve().then(() => trusted.resolveKey(kid)).catch(() => 'jwks_unavailable' as const);
+    const key = await resolve(trusted, kid);
     if (typeof key === 'string') return fail(key);
 
     // 4. signature over the exact bytes received
@@ -88,7 +112,10 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
 
     // 5. claims, now that they are known to come from the issuer
     const reason = checkClaims(payload, trusted, now() / 1000, skew, maxAge);
-    return reason ? fail(reason) : { ok: true, claims: freezeClaims(payload) };
+    if (reason) return fail(reason);
+    const claims = freezeClaims(payload);
+    if (cacheSize > 0 && cache.set(token, { kid, key, trusted, payload, claims }).size > cacheSize) cache.delete(cache.keys().next().value!);
+    return { ok: true, claims };
   };
 }
 

@@ -58,13 +58,11 @@ function orFail<T>(file: string, read: () => T): T {
 
 /** Reads and validates the config file: the config and its warnings, or every problem. */
 function readConfig(file: string): ConfigResult {
-  let json: unknown;
   try {
-    json = JSON.parse(readFileSync(file, 'utf8'));
+    return parseConfig(JSON.parse(readFileSync(file, 'utf8')));
   } catch (err) {
     return { ok: false, problems: [err instanceof Error ? err.message : String(err)] };
   }
-  return parseConfig(json);
 }
 
 

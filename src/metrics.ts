@@ -12,12 +12,7 @@ export interface Snapshot {
   readonly tunnelsOpen: number;
   readonly ready: boolean;
   readonly now: number;
-}
-
-export interface Metrics {
-  /** Counts one audit line; mount it in front of the log sink, so every line counts whatever the log level. */
-  readonly observe: Log;
-  render(held: Snapshot): string;
+  readonly tokenCache: { readonly hits: number; readonly misses: number };
 }
 
 const PREFIX = 'oidc_gateway_';
@@ -30,7 +25,7 @@ const COUNTERS = {
   bytes_total: 'Body and tunnel bytes: in from clients, out to clients.',
 } as const;
 
-export function createMetrics(): Metrics {
+export function createMetrics(): { observe: Log; render(held: Snapshot): string } {
   const counters = new Map<keyof typeof COUNTERS, Map<string, number>>(Object.keys(COUNTERS).map((n) => [n as keyof typeof COUNTERS, new Map()]));
   const durations = new Map<string, { buckets: number[]; sum: number; count: number }>();
   const add = (name: keyof typeof COUNTERS, labels: Labels, by = 1) => {
@@ -39,6 +34,7 @@ export function createMetrics(): Metrics {
     series.set(key, (series.get(key) ?? 0) + by);
   };
 
+  // Counts one audit line; mount it in front of the log sink, so every line counts whatever the log level.
   function observe(line: Record<string, unknown>): void {
     const kind = String(line.kind);
     if (kind === 'keys' && line.result !== 'key_skipped') add('jwks_fetches_total', { issuer: String(line.issuer), result: String(line.result) });
@@ -79,6 +75,8 @@ export function createMetrics(): Metrics {
     metric('jwks_last_good_fetch_age_seconds', 'gauge', 'Seconds since the last good key set fetch, by issuer (-1: none yet).', issuers.map(([l, k]) => [l, age(k)]));
     metric('tunnels_open', 'gauge', 'CONNECT tunnels open now.', [['', held.tunnelsOpen]]);
     metric('ready', 'gauge', '1 when /readyz answers 200.', [['', held.ready ? 1 : 0]]);
+    metric('token_cache_hits_total', 'counter', 'Tokens found in the verified-token cache.', [['', held.tokenCache.hits]]);
+    metric('token_cache_misses_total', 'counter', 'Tokens verified in full (the cache on).', [['', held.tokenCache.misses]]);
     return `${out.join('\n')}\n`;
   }
 

@@ -11,8 +11,6 @@ type Glob = readonly string[];
 type CompiledRule = readonly { readonly name: string; readonly alternatives: readonly Glob[] }[];
 export type Policy = readonly CompiledRule[];
 
-export type Decision = { readonly allowed: true; readonly rule: number } | { readonly allowed: false; readonly claim: string };
-
 // A rule must say whose workflows may come in: one on aud or ref alone admits every workflow on GitHub. Ids and owners
 // must be exact; path-like claims must fix the owner ("octo-org/..."), so "*/repo" or "octo*" (octo-evil) do not pin.
 const EXACT_PINS = ['repository_id', 'repository_owner', 'repository_owner_id', 'enterprise', 'enterprise_id'];
@@ -41,7 +39,7 @@ export function compilePolicy(rules: readonly Rule[]): Policy {
 }
 
 /** The first rule that admits the claims, or the first claim that kept the first rule out. */
-export function evaluate(policy: Policy, claims: Claims): Decision {
+export function evaluate(policy: Policy, claims: Claims): { allowed: true; rule: number } | { allowed: false; claim: string } {
   let failed: string | undefined;
   for (let r = 0; r < policy.length; r++) {
     const miss = firstMismatch(policy[r]!, claims);

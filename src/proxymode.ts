@@ -1,33 +1,25 @@
 // Proxy mode: CONNECT tunnels and absolute-form (plain-HTTP) forward proxying,
 // both admitted by the `tunnels` rules. A destination needs an entry whose
 // `to` names it AND one of that entry's allow rules admitting the token.
-import type { Agent, IncomingMessage } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { beginExchange, identityOf, type Exchange, type Log } from './audit.js';
 import type { GatewayConfig, TunnelConfig } from './config.js';
 import { compileDestinations, parseAuthority, resolveDestination, type Destination, type DestinationMatcher } from './destination.js';
-import { inspectHead, type InboundHead } from './headers.js';
-import type { Claims, Verification } from './jwt.js';
+import { inspectHead, type InboundHead, type UpstreamHeadOptions } from './headers.js';
+import type { Verification } from './jwt.js';
 import { compilePolicy, evaluate, type Policy } from './policy.js';
-import { createAgent } from './proxy.js';
+import { createAgent, type ForwardOptions } from './proxy.js';
 import { openTunnel, type Tunnel } from './tunnel.js';
 
 /** What a client may send after CONNECT before its 200, held until the tunnel opens. */
 const EARLY_BYTES = 64 * 1024;
 
 /** Where an admitted request goes, whether it came by route or as an absolute-form request. */
-export interface Admitted {
-  readonly upstream: URL;
-  readonly agent: Agent;
-  readonly path: string;
-  readonly claims: Claims;
-  readonly forwardClaims: readonly string[];
+export interface Admitted extends Pick<ForwardOptions, 'upstream' | 'agent' | 'path'>, Pick<UpstreamHeadOptions, 'claims' | 'forwardClaims'> {
   /** An absolute-form request's authority: with such a target the Host header is ignored, also for X-Forwarded-Host (RFC 9112 §3.2.2). */
   readonly authority?: string;
 }
-
-/** Verifies a request's token, noting its SHA-256 in the exchange's audit entry. */
-export type Authenticate = (ex: Exchange, token: string | undefined) => Promise<Verification>;
 
 export type CompiledTunnel = TunnelConfig & { readonly destinations: DestinationMatcher; readonly policy: Policy };
 
@@ -35,7 +27,8 @@ export type CompiledTunnel = TunnelConfig & { readonly destinations: Destination
 export interface ProxyPlan {
   readonly config: GatewayConfig;
   readonly tunnels: readonly CompiledTunnel[];
-  readonly authenticate: Authenticate;
+  /** Verifies a request's token, noting its SHA-256 in the exchange's audit entry. */
+  readonly authenticate: (ex: Exchange, token: string | undefined) => Promise<Verification>;
 }
 
 export function compileTunnels(config: GatewayConfig): CompiledTunnel[] {
@@ -132,10 +125,8 @@ export function createProxyMode(log: Log) {
       live.delete(tunnel);
     },
 
-    /** How many tunnels are open. */
     open: () => live.size,
 
-    /** Our own bound ports, which no destination may reach. */
     listening(ports: readonly number[]): void {
       ownPorts = [...ports];
     },

@@ -1,16 +1,10 @@
 // Which route a request target belongs to, and its upstream path. The request line is only read as text, never handed to
 // new URL, which lets `http://host/x` or `//host/x` replace the upstream's host and turns `%2e%2e` and `\` into `..` and `/`.
 
-export interface Target {
-  readonly path: string;
-  /** Everything after the first "?", including the "?"; '' when absent. */
-  readonly query: string;
-}
-
 const UNRESERVED = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~';
 
-/** Splits an origin-form target (RFC 9112 §3.2.1) and refuses anything that could climb or confuse. */
-export function parseTarget(url: string): Target | undefined {
+/** Splits an origin-form target (RFC 9112 §3.2.1) and refuses anything that could climb or confuse. The query is everything from the first "?" on, or ''. */
+export function parseTarget(url: string): { readonly path: string; readonly query: string } | undefined {
   if (url.length === 0 || url[0] !== '/' || url.startsWith('//')) return undefined;
   const q = url.indexOf('?');
   const path = q < 0 ? url : url.slice(0, q);

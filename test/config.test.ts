@@ -77,7 +77,7 @@ test('a full config with every optional field is valid and read as written', () 
       { issuer: 'http://127.0.0.1:5556', audience: 'local', jwksFile: '/etc/gateway/jwks.json' },
       { issuer: GHES, audience: 'ghes', jwksUri: 'https://ghes.example.com/_services/token/.well-known/jwks' },
     ],
-    token: { header: 'X-Gateway-Token', clockSkewSeconds: 0, maxAgeSeconds: 600, maxBytes: 4096 },
+    token: { header: 'X-Gateway-Token', clockSkewSeconds: 0, maxAgeSeconds: 600, maxBytes: 4096, cacheSize: 500 },
     keys: { fetchTimeoutMs: 2_000, cooldownMs: 1_000, staleIfErrorMs: 0 },
     timeouts: { upstreamConnectMs: 1_000, upstreamHeadMs: 2_000, idleMs: 3_000, clientHeadersMs: 4_000 },
     trustedProxies: ['10.0.0.0/8', '192.168.1.1', 'fd00::/8', '::1'],
@@ -100,6 +100,7 @@ test('a full config with every optional field is valid and read as written', () 
   const { config } = result;
   assert.equal(config.token.header, 'x-gateway-token');
   assert.equal(config.token.maxAgeSeconds, 600);
+  assert.equal(config.token.cacheSize, 500);
   assert.deepEqual(config.issuers.map((i) => i.audiences.length), [2, 1, 1]);
   assert.deepEqual(config.routes.map((r) => r.path), ['/', '/artifacts']);
   assert.equal(config.routes[1]!.upstream.pathname, '/v1');
@@ -397,7 +398,7 @@ function full(): Json {
       { issuer: GITHUB, audience: ['api://ActionsOIDCGateway'] },
       { issuer: GHES, audience: 'x', jwksUri: `${GHES}/jwks` },
     ],
-    token: { header: 'gateway-authorization', clockSkewSeconds: 60, maxAgeSeconds: 600, maxBytes: 8192 },
+    token: { header: 'gateway-authorization', clockSkewSeconds: 60, maxAgeSeconds: 600, maxBytes: 8192, cacheSize: 10000 },
     keys: { fetchTimeoutMs: 5000, cooldownMs: 30000, staleIfErrorMs: 1000 },
     timeouts: { upstreamConnectMs: 5000, upstreamHeadMs: 30000, idleMs: 300000, clientHeadersMs: 10000 },
     trustedProxies: ['10.0.0.0/8'],
@@ -559,4 +560,49 @@ test('a refused config reports problems and no warnings, even beside a rule that
   const result = parseConfig(input);
   assert.deepEqual(problemsOf(result), ['routes[1].upstream: expected an http or https URL']);
   assert.equal('warnings' in result, false);
+});
+
+// --- the verified-token cache ------------------------------------------------------------
+
+const CACHE_SIZE = 'token.cacheSize: expected a number from 0 to 1000000';
+
+test('token.cacheSize defaults to 10,000 verified tokens, in DEFAULTS and in a parsed minimal config', () => {
+  assert.equal(DEFAULTS.token.cacheSize, 10_000);
+  const result = parseConfig(minimal());
+  assert.ok(result.ok, result.ok ? '' : result.problems.join('\n'));
+  assert.equal(result.config.token.cacheSize, 10_000);
+});
+
+const CACHE_SIZES: [value: unknown, problems: string[]][] = [
+  [0, []],
+  [1, []],
+  [1_000_000, []],
+  [-1, [CACHE_SIZE]],
+  [1_000_001, [CACHE_SIZE]],
+  ['big', [CACHE_SIZE]],
+  ['10000', [CACHE_SIZE]],
+  [null, [CACHE_SIZE]],
+  [true, [CACHE_SIZE]],
+  [[100], [CACHE_SIZE]],
+];
+
+for (const [cacheSize, problems] of CACHE_SIZES) {
+  test(`parseConfig ${problems.length ? 'refuses' : 'accepts'} token.cacheSize ${JSON.stringify(cacheSize)}`, () => {
+    const input = minimal();
+    input.token = { cacheSize };
+    const result = parseConfig(input);
+    if (problems.length > 0) assert.deepEqual(problemsOf(result), problems);
+    else assert.equal(result.ok ? result.config.token.cacheSize : result.problems.join('\n'), cacheSize);
+  });
+}
+
+test('values that cannot even be turned into text ({"toString": 1}) are reported at their path, never thrown', () => {
+  const hostile = { toString: 1, valueOf: 1 };
+  const input = { ...minimal(), listen: { host: hostile, port: hostile }, token: { header: hostile, maxBytes: hostile } } as Record<string, unknown>;
+  (input.issuers as Record<string, unknown>[])[0]!.issuer = hostile;
+  const result = parseConfig(input);
+  assert.ok(!result.ok);
+  for (const path of ['listen.host', 'listen.port', 'issuers[0].issuer', 'token.header', 'token.maxBytes']) {
+    assert.ok(result.problems.some((p) => p.startsWith(`${path}: `)), `${path} in ${result.problems.join('; ')}`);
+  }
 });

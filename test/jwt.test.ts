@@ -1,9 +1,10 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createPublicKey, type KeyObject } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { TokenReason } from '../src/errors.js';
 import { createKeySet } from '../src/jwks.js';
-import { createTokenVerifier, VERIFIER_DEFAULTS, type Claims, type KeyResolver, type VerifierOptions } from '../src/jwt.js';
+import { createTokenVerifier, VERIFIER_DEFAULTS, type Claims, type KeyResolver, type Verification, type VerifierOptions } from '../src/jwt.js';
 import {
   encodeSegment,
   encodeText,
@@ -17,8 +18,10 @@ import {
   startIssuer,
   startRecorder,
   testClock,
+  waitUntil,
   type SigningAlg,
   type SigningKey,
+  type TestClock,
 } from './helpers.js';
 
 // One real issuer on 127.0.0.1 for the whole file. It publishes our signing
@@ -799,4 +802,166 @@ test('the verifier never throws for garbage input', async () => {
   // Junk that happens to parse is refused at the first rule it breaks.
   await refusedUnasked('e30.e30.e30', 'alg_not_allowed', '{}.{}.{}');
   await refusedUnasked('eyJhbGciOiJSUzI1NiIsImtpZCI6ImtleS0xIn0.e30.e30', 'issuer_mismatch', 'RS256 header, {} payload');
+});
+
+// ---------------------------------------------------------------- the verified-token cache
+
+interface Cached {
+  readonly verify: (token: string) => Promise<Verification>;
+  /** The key set: kid to key or to what the resolver answers; change it between verifications. */
+  readonly keys: Map<string, KeyObject | 'jwks_unavailable'>;
+  /** Every kid asked, and every onCache call, in order. */
+  readonly kids: string[];
+  readonly events: boolean[];
+  readonly time: TestClock;
+  /** While true, the key set's answers wait in `held` until called. */
+  hold: boolean;
+  readonly held: (() => void)[];
+}
+
+/** A verifier over an in-memory key set holding our key, on a clock of its own. */
+function cachedVerifier(opts: Partial<VerifierOptions> = {}): Cached {
+  const c: Cached = { verify: (t) => verify(t), keys: new Map([[key.kid, key.publicKey]]), kids: [], events: [], time: testClock(clock.now()), hold: false, held: [] };
+  const resolveKey: KeyResolver = (kid) => {
+    c.kids.push(kid);
+    return new Promise((resolve) => {
+      const answer = () => resolve(c.keys.get(kid) ?? 'kid_unknown');
+      if (c.hold) c.held.push(answer);
+      else answer();
+    });
+  };
+  const verify = createTokenVerifier({ issuers: [{ issuer: issuer.issuer, audiences: [AUDIENCE], resolveKey }], now: c.time.now, onCache: (hit) => c.events.push(hit), ...opts });
+  return c;
+}
+
+/** One verification: 'accepted' or the reason, and what onCache was told meanwhile. */
+async function outcome(c: Cached, token: string): Promise<[string, boolean[]]> {
+  const from = c.events.length;
+  const result = await c.verify(token);
+  return [result.ok ? 'accepted' : result.reason, c.events.slice(from)];
+}
+
+const [tokenA, tokenB, tokenC] = ['a', 'b', 'c'].map((jti) => mint({ claims: { jti } })) as [string, string, string];
+
+test('a token verified a second time is a cache hit: the same frozen claims, and the key set asked again', async () => {
+  assert.equal(VERIFIER_DEFAULTS.cacheSize, 10_000);
+  const c = cachedVerifier();
+  const [first, second] = [await c.verify(tokenA), await c.verify(tokenA)];
+  assert.ok(first.ok && second.ok);
+  assert.equal(second.claims, first.claims);
+  assert.ok(Object.isFrozen(second.claims));
+  assert.deepEqual(c.events, [false, true]);
+  assert.deepEqual(c.kids, [key.kid, key.kid]);
+});
+
+test('the cache is keyed by the exact token and drops the least recently used token first', async () => {
+  const table: [string, number, string[], boolean[]][] = [
+    ['different tokens all miss', 10, [tokenA, tokenB, tokenC], [false, false, false]],
+    ['A, B, A, C with room for 2: B is dropped, A kept', 2, [tokenA, tokenB, tokenA, tokenC, tokenA, tokenB], [false, false, true, false, true, false]],
+    ['A, B, C with room for 2: A is dropped', 2, [tokenA, tokenB, tokenC, tokenA, tokenC], [false, false, false, false, true]],
+    ['room for 1', 1, [tokenA, tokenA, tokenB, tokenA], [false, true, false, false]],
+    ['cacheSize 1.9 is floored to 1', 1.9, [tokenA, tokenB, tokenA], [false, false, false]],
+  ];
+  for (const [name, cacheSize, tokens, hits] of table) {
+    const c = cachedVerifier({ cacheSize });
+    for (const t of tokens) assert.deepEqual((await outcome(c, t))[0], 'accepted', name);
+    assert.deepEqual(c.events, hits, name);
+  }
+});
+
+test('a failed verification is never cached: every attempt goes the full way', async () => {
+  const table: [string, string, TokenReason][] = [
+    ['a foreign signature', mint({ key: attacker.privateKey }), 'signature_invalid'],
+    ['expired', mint({ claims: { exp: NOW - 3600 } }), 'token_expired'],
+    ['another audience', mint({ claims: { aud: 'someone-else' } }), 'audience_mismatch'],
+    ['an unknown kid', mint({ header: { kid: 'nope' } }), 'kid_unknown'],
+    ['junk', 'not-a.jwt.at-all', 'token_malformed'],
+  ];
+  for (const [name, token, reason] of table) {
+    const c = cachedVerifier();
+    for (let i = 0; i < 3; i++) assert.deepEqual(await outcome(c, token), [reason, [false]], `${name}, attempt ${i + 1}`);
+  }
+});
+
+test('cacheSize 0 (or below 1) turns the cache off: onCache is never called and every token is verified in full', async () => {
+  for (const cacheSize of [0, 0.9]) {
+    const c = cachedVerifier({ cacheSize });
+    const results = [await c.verify(tokenA), await c.verify(tokenA)];
+    assert.ok(results[0]!.ok && results[1]!.ok);
+    assert.notEqual(results[1].claims, results[0].claims, 'a fresh claims object: the token was verified again');
+    assert.deepEqual([c.events, c.kids.length], [[], 2], String(cacheSize));
+  }
+});
+
+test('the claims of a cached token are checked again on every hit, and a token refused there is not served again', async () => {
+  const table: [string, Partial<VerifierOptions>, Json, number, TokenReason | 'accepted'][] = [
+    ['exp passed by the 60 s skew', {}, { exp: NOW + 300 }, 360_000, 'token_expired'],
+    ['exp passed, within the skew', {}, { exp: NOW + 300 }, 359_000, 'accepted'],
+    ['older than maxAgeSeconds plus the skew', { maxAgeSeconds: 600 }, { iat: NOW - 10, exp: NOW + 3600 }, 651_000, 'token_expired'],
+    ['the clock set back before nbf', {}, { nbf: NOW }, -61_000, 'token_not_yet_valid'],
+    ['the clock set back before iat', {}, { nbf: undefined, iat: NOW }, -61_000, 'token_not_yet_valid'],
+  ];
+  for (const [name, opts, claims, move, expected] of table) {
+    const c = cachedVerifier(opts);
+    const token = mint({ claims });
+    assert.deepEqual(await outcome(c, token), ['accepted', [false]], name);
+    c.time.advance(move);
+    assert.equal((await outcome(c, token))[0], expected, name);
+    if (expected === 'accepted') continue;
+    assert.deepEqual(await outcome(c, token), [expected, [false]], `${name}: refused again, in full`);
+    c.time.advance(-move);
+    assert.deepEqual(await outcome(c, token), ['accepted', [false]], `${name}: back in time, verified in full`);
+  }
+});
+
+test('a cached token is only served while the key set answers with the very same key', async () => {
+  const table: [string, (keys: Cached['keys']) => unknown, TokenReason | 'accepted'][] = [
+    ['the kid dropped from the key set', (keys) => keys.delete(key.kid), 'kid_unknown'],
+    ['another key under the same kid', (keys) => keys.set(key.kid, attacker.publicKey), 'signature_invalid'],
+    ['the key set unavailable', (keys) => keys.set(key.kid, 'jwks_unavailable'), 'jwks_unavailable'],
+    ['the same key, imported again (a refetch)', (keys) => keys.set(key.kid, createPublicKey(key.publicPem)), 'accepted'],
+  ];
+  for (const [name, change, expected] of table) {
+    const c = cachedVerifier();
+    assert.deepEqual(await outcome(c, tokenA), ['accepted', [false]], name);
+    change(c.keys);
+    assert.deepEqual(await outcome(c, tokenA), [expected, [false]], `${name}: verified in full`);
+    // Refused: dropped from the cache, so verified in full once the key is back. Accepted: cached under the new key.
+    if (expected !== 'accepted') c.keys.set(key.kid, key.publicKey);
+    assert.deepEqual(await outcome(c, tokenA), ['accepted', [expected === 'accepted']], `${name}: then`);
+  }
+});
+
+test('onCache is told exactly once per verification, also when a cached token is refused on its hit', async () => {
+  const c = cachedVerifier();
+  const token = mint({ claims: { exp: NOW + 300 } });
+  await c.verify(token);
+  c.time.advance(3_600_000);
+  assert.equal((await outcome(c, token))[0], 'token_expired');
+  assert.equal(c.events.length, 2, `onCache calls: ${JSON.stringify(c.events)}`);
+});
+
+test('a hit and a miss interleaved never leave more than cacheSize tokens in the cache', async () => {
+  const c = cachedVerifier({ cacheSize: 2 });
+  for (const t of [tokenA, tokenB]) await c.verify(t);
+  c.hold = true;
+  const hitA = c.verify(tokenA); // A is out of the cache while its key is asked
+  await waitUntil(() => c.held.length === 1);
+  const missC = c.verify(tokenC);
+  await waitUntil(() => c.held.length === 2);
+  c.held[1]!();
+  await missC; // C in beside B
+  c.held[0]!();
+  await hitA; // A back in
+  c.hold = false;
+  const from = c.events.length;
+  for (const t of [tokenA, tokenB, tokenC]) assert.equal((await c.verify(t)).ok, true);
+  const hits = c.events.slice(from);
+  assert.ok(hits.filter(Boolean).length <= 2, `three tokens served from a cache of 2: ${JSON.stringify(hits)}`);
+});
+
+test('cacheSize is checked when the verifier is created, naming the option', () => {
+  for (const cacheSize of [-1, -0.5, Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY]) {
+    assert.throws(() => createTokenVerifier({ issuers: [trusted], cacheSize }), { name: 'TypeError', message: /^cacheSize:/ }, String(cacheSize));
+  }
 });
