@@ -38,7 +38,7 @@ export interface VerifierOptions {
 
 export const VERIFIER_DEFAULTS = { clockSkewSeconds: 60, maxTokenBytes: 8 * 1024, cacheSize: 10_000 } as const;
 
-interface Verified { readonly kid: string; readonly key: KeyObject; readonly trusted: TrustedIssuer; readonly payload: Record<string, unknown>; readonly claims: Claims }
+interface Verified { readonly kid: string; readonly key: KeyObject; readonly trusted: TrustedIssuer; readonly claims: Claims }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
@@ -71,7 +71,7 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
     if (hit && cache.delete(token) && same) cache.set(token, hit);
     if (hit && same) {
       opts.onCache?.(true);
-      const reason = checkClaims(hit.payload, hit.trusted, now() / 1000, skew, maxAge);
+      const reason = checkClaims(hit.claims, hit.trusted, now() / 1000, skew, maxAge);
       if (reason) cache.delete(token);
       return reason ? fail(reason) : { ok: true, claims: hit.claims };
     }
@@ -114,7 +114,7 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
     const reason = checkClaims(payload, trusted, now() / 1000, skew, maxAge);
     if (reason) return fail(reason);
     const claims = freezeClaims(payload);
-    if (cacheSize > 0 && cache.set(token, { kid, key, trusted, payload, claims }).size > cacheSize) cache.delete(cache.keys().next().value!);
+    if (cacheSize > 0 && cache.set(token, { kid, key, trusted, claims }).size > cacheSize) cache.delete(cache.keys().next().value!);
     return { ok: true, claims };
   };
 }
@@ -140,7 +140,8 @@ function parseObject(segment: string): Record<string, unknown> | undefined {
   const bytes = decodeBase64url(segment);
   if (!bytes || bytes.length === 0) return undefined;
   try {
-    const value: unknown = JSON.parse(utf8.decode(bytes));
+    // Every nested object and array frozen too: cached claims are shared by the requests that carry the token.
+    const value: unknown = JSON.parse(utf8.decode(bytes), (_key, v: unknown) => (typeof v === 'object' && v !== null ? Object.freeze(v) : v));
     return isObject(value) ? value : undefined;
   } catch {
     // Invalid UTF-8, invalid JSON, or nesting deeper than the parser's stack.

@@ -965,3 +965,11 @@ test('cacheSize is checked when the verifier is created, naming the option', () 
     assert.throws(() => createTokenVerifier({ issuers: [trusted], cacheSize }), { name: 'TypeError', message: /^cacheSize:/ }, String(cacheSize));
   }
 });
+
+test('claims are frozen all the way down, so a cached token hands every request the same untouchable claims', async () => {
+  const token = mint({ claims: { jti: 'deep', aud: [AUDIENCE, 'other'], nested: { list: [1, { x: 2 }] } } });
+  const first = await accepted(token);
+  for (const v of [first, first.aud, first.nested, (first.nested as Json).list, ((first.nested as Json).list as Json[])[1]]) assert.ok(Object.isFrozen(v));
+  assert.throws(() => (first.aud as string[]).push('x'), TypeError);
+  assert.equal(await accepted(token), first, 'the cached verification returns the very same claims');
+});
