@@ -126,7 +126,7 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
       upstreamHost: to.authority ?? to.upstream.host,
       requestedHost: to.authority,
       clientIp: ex.client,
-      trustedPeer: ex.client !== '' && p.trusted.check(ex.client, isIPv4(ex.client) ? 'ipv4' : 'ipv6'),
+      trustedPeer: p.config.trustedProxies.length > 0 && ex.client !== '' && p.trusted.check(ex.client, isIPv4(ex.client) ? 'ipv4' : 'ipv6'),
       requestId: ex.id,
       bodyFraming: head.bodyFraming,
     });

@@ -2,7 +2,6 @@
 // The caller builds the outgoing head; this module owns sockets, timeouts and the failure reasons.
 import http, { type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import https from 'node:https';
-import { pipeline } from 'node:stream';
 import type { GatewayConfig } from './config.js';
 import type { Reason } from './errors.js';
 import { downstreamHeaders } from './headers.js';
@@ -27,7 +26,7 @@ export interface ForwardOutcome {
 }
 
 export function createAgent(upstream: URL): http.Agent {
-  const options = { keepAlive: true, maxFreeSockets: 64, scheduling: 'lifo' as const };
+  const options = { keepAlive: true, maxFreeSockets: 1_024, scheduling: 'lifo' as const };
   return upstream.protocol === 'https:' ? new https.Agent(options) : new http.Agent(options);
 }
 
@@ -76,11 +75,9 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
       settle('upstream_unreachable');
     });
 
-    // The client going away cancels the upstream exchange at any stage. (pipeline also closes res when the upstream
-    // fails mid-body; Bun reports that close before the pipeline callback, so the upstream's failure is noted first.)
-    let upstreamFailed = false;
+    // The client going away cancels the upstream exchange at any stage.
     res.on('close', () => {
-      if (!res.writableFinished) giveUp(upstreamFailed ? 'upstream_reset' : 'client_aborted')();
+      if (!res.writableFinished) giveUp('client_aborted')();
     });
     req.on('data', (chunk: Buffer) => (bytesIn += chunk.length));
     req.on('error', () => out.destroy());
@@ -102,13 +99,11 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
         return settle('upstream_unreachable');
       }
       upstreamRes.on('data', (chunk: Buffer) => (bytesOut += chunk.length));
-      for (const event of ['error', 'aborted']) upstreamRes.on(event, () => (upstreamFailed = true));
-      pipeline(upstreamRes, res, (err) => {
-        if (!err) return settle();
-        // Mid-body failure: the head is out, so cut the response rather than pretend (a client that left first is already settled).
-        res.destroy();
-        settle('upstream_reset');
-      });
+      // Mid-body failure: the head is out, so cut the response rather than pretend (a client that left first is already settled).
+      for (const event of ['error', 'aborted']) upstreamRes.on(event, () => (res.destroy(), settle('upstream_reset')));
+      // pipe() with the listeners above, not pipeline(): that builds and aborts an AbortController per response.
+      res.once('finish', () => settle());
+      upstreamRes.pipe(res);
     });
   });
 }
