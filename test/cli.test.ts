@@ -337,3 +337,9 @@ test('a listen port already in use is refused at start with exit 2 and the reaso
   assert.match(run.stderr, /cannot listen: .*(EADDRINUSE|in use)/i);
   assert.ok(!run.stdout.includes('"kind":"start"'), 'nothing started');
 });
+
+test('the shipped gateway.config.json loads without a policy warning: its rule pins the repository id as well', async () => {
+  const run = await cli(['--config', SHIPPED_CONFIG, '--check']);
+  assert.equal(run.code, 0, run.stderr);
+  assert.ok(!run.stdout.includes('warning:'), run.stdout);
+});
