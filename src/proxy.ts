@@ -26,7 +26,8 @@ export interface ForwardOutcome {
 }
 
 export function createAgent(upstream: URL): http.Agent {
-  const options = { keepAlive: true, maxFreeSockets: 1_024, scheduling: 'lifo' as const };
+  // Idle pooled sockets close after 4 s, before common upstream keep-alive timeouts (Node's 5 s) close them under us.
+  const options = { keepAlive: true, maxFreeSockets: 1_024, scheduling: 'lifo' as const, timeout: 4_000 };
   return upstream.protocol === 'https:' ? new https.Agent(options) : new http.Agent(options);
 }
 
@@ -49,31 +50,46 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
       settle(reason);
     };
 
-    const out = (o.upstream.protocol === 'https:' ? https : http).request({
-      protocol: o.upstream.protocol,
-      hostname: o.upstream.hostname.startsWith('[') ? o.upstream.hostname.slice(1, -1) : o.upstream.hostname,
-      port: o.upstream.port || (o.upstream.protocol === 'https:' ? 443 : 80),
-      method: req.method,
-      path: o.path,
-      headers: o.headers,
-      agent: o.agent,
-    });
-    out.on('socket', (socket) => {
-      if (!socket.connecting) return;
-      timer = setTimeout(giveUp('upstream_timeout'), o.timeouts.upstreamConnectMs);
-      socket.once('connect', () => clearTimeout(timer));
-    });
-    out.setTimeout(o.timeouts.idleMs, giveUp('upstream_timeout'));
-    // From the request fully sent to the response head, like Go's ResponseHeaderTimeout.
-    out.on('finish', () => {
-      if (upstreamStatus === undefined) timer = setTimeout(giveUp('upstream_timeout'), o.timeouts.upstreamHeadMs);
-    });
-    out.on('error', () => settle(headSent ? 'upstream_reset' : 'upstream_unreachable'));
-    // We strip Upgrade, so an unsolicited 101 is a broken or hostile upstream (Node reports it here, not as a response).
-    out.on('upgrade', (_res, socket) => {
-      socket.destroy();
-      settle('upstream_unreachable');
-    });
+    // A request without a body, of an idempotent method (RFC 9110 §9.2.2), that fails on a pooled socket before any
+    // answer is sent once more on a new connection: the upstream may have closed the socket as we reused it.
+    const retriable = !o.hasBody && ['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE'].includes(req.method ?? '');
+    let out: http.ClientRequest;
+    let readBefore = 0;
+    const send = (agent: http.Agent | false) => {
+      out = (o.upstream.protocol === 'https:' ? https : http).request({
+        protocol: o.upstream.protocol,
+        hostname: o.upstream.hostname.startsWith('[') ? o.upstream.hostname.slice(1, -1) : o.upstream.hostname,
+        port: o.upstream.port || (o.upstream.protocol === 'https:' ? 443 : 80),
+        method: req.method,
+        path: o.path,
+        headers: o.headers,
+        agent,
+      });
+      out.on('socket', (socket) => {
+        readBefore = socket.bytesRead;
+        if (!socket.connecting) return;
+        timer = setTimeout(giveUp('upstream_timeout'), o.timeouts.upstreamConnectMs);
+        socket.once('connect', () => clearTimeout(timer));
+      });
+      out.setTimeout(o.timeouts.idleMs, giveUp('upstream_timeout'));
+      // From the request fully sent to the response head, like Go's ResponseHeaderTimeout.
+      out.on('finish', () => {
+        if (upstreamStatus === undefined) timer = setTimeout(giveUp('upstream_timeout'), o.timeouts.upstreamHeadMs);
+      });
+      out.on('error', (err: NodeJS.ErrnoException) => {
+        const unanswered = out.socket?.bytesRead === readBefore && (err.code === 'ECONNRESET' || err.code === 'EPIPE');
+        if (retriable && agent && out.reusedSocket && unanswered && !res.destroyed) return (clearTimeout(timer), send(false));
+        settle(headSent ? 'upstream_reset' : 'upstream_unreachable');
+      });
+      // We strip Upgrade, so an unsolicited 101 is a broken or hostile upstream (Node reports it here, not as a response).
+      out.on('upgrade', (_res, socket) => {
+        socket.destroy();
+        settle('upstream_unreachable');
+      });
+      out.on('response', (upstreamRes) => answer(upstreamRes));
+      if (o.hasBody) req.pipe(out);
+      else out.end();
+    };
 
     // The client going away cancels the upstream exchange at any stage.
     res.on('close', () => {
@@ -81,12 +97,11 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
     });
     req.on('data', (chunk: Buffer) => (bytesIn += chunk.length));
     req.on('error', () => out.destroy());
-    if (o.hasBody) req.pipe(out);
-    else out.end();
+    send(o.agent);
     // A client that left while its token was being verified is not forwarded at all.
     if (res.destroyed) giveUp('client_aborted')();
 
-    out.on('response', (upstreamRes) => {
+    const answer = (upstreamRes: IncomingMessage) => {
       clearTimeout(timer);
       upstreamStatus = upstreamRes.statusCode ?? 502;
       try {
@@ -104,6 +119,6 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
       // pipe() with the listeners above, not pipeline(): that builds and aborts an AbortController per response.
       res.once('finish', () => settle());
       upstreamRes.pipe(res);
-    });
+    };
   });
 }

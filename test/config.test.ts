@@ -40,7 +40,8 @@ test('the shipped gateway.config.json is valid and admits only octo-org/octo-rep
   const route = config.routes[0]!;
   assert.equal(route.upstream.hostname, '127.0.0.1');
   const policy = compilePolicy(route.allow);
-  const claims = (repository: string, ref: string) => ({ iss: GITHUB, repository, repository_owner: repository.split('/')[0], ref });
+  const ids: Record<string, string> = { 'octo-org/octo-repo': '123456789' };
+  const claims = (repository: string, ref: string) => ({ iss: GITHUB, repository, repository_id: ids[repository] ?? '1', repository_owner: repository.split('/')[0], ref });
   assert.equal(evaluate(policy, claims('octo-org/octo-repo', 'refs/heads/main')).allowed, true);
   assert.equal(evaluate(policy, claims('octo-org/octo-repo', 'refs/heads/dev')).allowed, false);
   assert.equal(evaluate(policy, claims('octo-org/other-repo', 'refs/heads/main')).allowed, false);
