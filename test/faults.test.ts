@@ -18,18 +18,14 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 import {
-  assertLogClean,
   DISCOVERY_PATH,
-  GATEWAY_RUNTIME,
   generateRsaKey,
   JWKS_PATH,
   MAIN_JS,
   rsaJwk,
   seededRandom,
-  signedTokenIn,
   startGateway,
   startIssuer,
-  startProcess,
   startRecorder,
   startServer,
   waitUntil,
@@ -441,10 +437,8 @@ interface ClockedGateway {
  */
 async function startClockedGateway(t: TestContext, config: Record<string, unknown>): Promise<ClockedGateway> {
   const dir = mkdtempSync(join(tmpdir(), 'oidc-gateway-faults-'));
-  const configFile = join(dir, 'gateway.config.json');
   const wrapper = join(dir, 'clocked.mjs');
   const offsetFile = join(dir, 'offset');
-  writeFileSync(configFile, JSON.stringify({ listen: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 }, ...config }));
   writeFileSync(
     wrapper,
     [
@@ -456,33 +450,13 @@ async function startClockedGateway(t: TestContext, config: Record<string, unknow
       `await import(${JSON.stringify(pathToFileURL(MAIN_JS).href)});`,
     ].join('\n'),
   );
-  const proc = startProcess(GATEWAY_RUNTIME, [wrapper, '--config', configFile]);
-  const started = await proc.waitFor(/"kind":"start".*"port":(\d+),"adminPort":(\d+)/, 15_000).catch(async (err: unknown) => {
-    await proc.close();
-    throw err;
-  });
-  let closing: Promise<{ code: number | null; signal: NodeJS.Signals | null }> | undefined;
-  const gw: RunningGateway = {
-    process: proc,
-    url: `http://127.0.0.1:${started[1]}`,
-    port: Number(started[1]),
-    adminUrl: `http://127.0.0.1:${started[2]}`,
-    configFile,
-    logs: () => proc.stdout().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>),
-    close: () =>
-      (closing ??= proc.close().then((exit) => {
-        rmSync(dir, { recursive: true, force: true });
-        assertLogClean(proc.stdout());
-        assert.equal(signedTokenIn(proc.stderr()), undefined, "a signed token in the gateway's stderr");
-        return exit;
-      })),
-  };
-  t.after(() => gw.close());
+  const gw = await startGateway(config, { waitReady: false, entry: wrapper });
+  t.after(() => gw.close().finally(() => rmSync(dir, { recursive: true, force: true })));
   return {
     gw,
     setOffset(ms) {
       writeFileSync(offsetFile, String(ms));
-      proc.child.kill('SIGUSR2');
+      gw.process.child.kill('SIGUSR2');
     },
   };
 }

@@ -668,11 +668,12 @@ export function assertLogClean(stdout: string): void {
 }
 
 /** Writes `config` to a temporary file and runs `dist/main.js --config` on it, on ports picked by the OS. */
-export async function startGateway(config: Record<string, unknown>, opts: { readonly waitReady?: boolean } = {}): Promise<RunningGateway> {
+export async function startGateway(config: Record<string, unknown>, opts: { readonly waitReady?: boolean; readonly entry?: string } = {}): Promise<RunningGateway> {
   const dir = mkdtempSync(join(tmpdir(), 'oidc-gateway-'));
   const configFile = join(dir, 'gateway.config.json');
   writeFileSync(configFile, JSON.stringify({ listen: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 }, ...config }));
-  const proc = startProcess(GATEWAY_RUNTIME, [MAIN_JS, '--config', configFile]);
+  // `entry`: a script that loads dist/main.js itself (such as one that moves the clock).
+  const proc = startProcess(GATEWAY_RUNTIME, [opts.entry ?? MAIN_JS, '--config', configFile]);
   let closing: Promise<ProcessExit> | undefined;
   const started = await proc.waitFor(/"kind":"start".*"port":(\d+),"adminPort":(\d+)/, 15_000).catch(async (err: unknown) => {
     await proc.close();
