@@ -47,11 +47,11 @@ const fail = (reason: TokenReason): Verification => ({ ok: false, reason });
 /** Returns a function that verifies one token and never throws. */
 export function createTokenVerifier(opts: VerifierOptions): (token: string) => Promise<Verification> {
   const skew = opts.clockSkewSeconds ?? VERIFIER_DEFAULTS.clockSkewSeconds;
-  const maxBytes = opts.maxTokenBytes ?? VERIFIER_DEFAULTS.maxTokenBytes;
+  const maxBytes = Math.floor(opts.maxTokenBytes ?? VERIFIER_DEFAULTS.maxTokenBytes);
   const maxAge = opts.maxAgeSeconds;
   const now = opts.now ?? Date.now;
   if (!(Number.isFinite(skew) && skew >= 0)) throw new TypeError('clockSkewSeconds: expected a number >= 0');
-  if (!(Number.isInteger(maxBytes) && maxBytes > 0)) throw new TypeError('maxTokenBytes: expected an integer > 0');
+  if (!(Number.isInteger(maxBytes) && maxBytes > 0)) throw new TypeError('maxTokenBytes: expected a number >= 1');
   if (maxAge !== undefined && !(Number.isFinite(maxAge) && maxAge > 0)) throw new TypeError('maxAgeSeconds: expected a number > 0');
   if (opts.issuers.length === 0) throw new TypeError('issuers: expected at least one trusted issuer');
   const cacheSize = Math.floor(opts.cacheSize ?? VERIFIER_DEFAULTS.cacheSize);

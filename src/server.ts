@@ -24,9 +24,10 @@ export function createListeners(gateway: Gateway, config: GatewayConfig): Listen
   const publicServer = http.createServer({ maxHeaderSize: MAX_HEADER_BYTES, connectionsCheckingInterval: 1_000 });
   const configure = (c: GatewayConfig) => {
     publicServer.headersTimeout = c.timeouts.clientHeadersMs;
-    // No whole-request deadline: it would cut a long upload. Slow heads are
-    // cut by headersTimeout, silent sockets by the idle timeout.
+    // No whole-request deadline (it would cut a long upload): slow heads meet headersTimeout, silent sockets the idle one.
     publicServer.requestTimeout = 0;
+    // Every header reaches us (the 16 KiB head cap bounds them): past Node's default count the parser would still frame by a header we never see.
+    publicServer.maxHeadersCount = 0;
     publicServer.timeout = c.timeouts.idleMs;
   };
   configure(config);

@@ -756,7 +756,7 @@ test('verifier options are checked when it is created, naming the option', () =>
     [{ clockSkewSeconds: -1 }, /^clockSkewSeconds:/],
     [{ clockSkewSeconds: Number.NaN }, /^clockSkewSeconds:/],
     [{ maxTokenBytes: 0 }, /^maxTokenBytes:/],
-    [{ maxTokenBytes: 1.5 }, /^maxTokenBytes:/],
+    [{ maxTokenBytes: 0.5 }, /^maxTokenBytes:/], // floored, as a config's 8192.5 is
     [{ maxAgeSeconds: 0 }, /^maxAgeSeconds:/],
     [{ maxAgeSeconds: Number.POSITIVE_INFINITY }, /^maxAgeSeconds:/],
   ];

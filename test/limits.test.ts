@@ -69,3 +69,14 @@ test('X-Forwarded-For from a trusted proxy is kept and appended to', async () =>
   assert.equal(h['x-forwarded-proto'], 'https');
   assert.equal(h['x-forwarded-host'], 'public.example');
 });
+
+test('headers past Node\'s default count of 2,000 are still seen: a repeated token header hidden behind 1,100 others is refused (Bun refuses so many headers with 431)', async () => {
+  const before = upstream.hits();
+  const filler = Array.from({ length: 1_100 }, (_, i) => `x-${i}: y\r\n`).join('');
+  const t = token();
+  const raw = `GET /x HTTP/1.1\r\nHost: gw\r\ngateway-authorization: ${t}\r\n${filler}gateway-authorization: ${t}\r\nconnection: close\r\n\r\n`;
+  const answer = await rawExchange(gw.port, raw);
+  assert.ok([401, 431].includes(statusOf(answer)), answer.slice(0, 200));
+  if (statusOf(answer) === 401) assert.match(answer, /"error":"token_malformed"/);
+  assert.equal(upstream.hits(), before, 'the upstream was not contacted');
+});
