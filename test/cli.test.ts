@@ -2,6 +2,7 @@
 // GATEWAY_RUNTIME, against a real local issuer and real upstreams.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http, { type IncomingHttpHeaders } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -342,4 +343,20 @@ test('the shipped gateway.config.json loads without a policy warning: its rule p
   const run = await cli(['--config', SHIPPED_CONFIG, '--check']);
   assert.equal(run.code, 0, run.stderr);
   assert.ok(!run.stdout.includes('warning:'), run.stdout);
+});
+
+test('Bun older than 1.4 is refused at start with exit 2 and a message saying why', { timeout: 150_000 }, async (t) => {
+  // Once, in the Node pass: an old Bun comes from the npm registry through npx (a CI tool, not a dependency).
+  if (process.env.GATEWAY_RUNTIME) return t.skip('runs in the Node pass only');
+  let oldBun = '';
+  try {
+    oldBun = execFileSync('npx', ['--yes', 'bun@1.3.0', '-e', 'console.log(process.execPath)'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 120_000 }).trim().split('\n').at(-1)!;
+  } catch (err) {
+    return t.skip(`Bun 1.3.0 could not be fetched with npx: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}`);
+  }
+  const proc = startProcess(oldBun, [MAIN_JS, '--config', SHIPPED_CONFIG]);
+  const exit = await proc.exited;
+  assert.equal(exit.code, 2, proc.stderr());
+  assert.match(proc.stderr(), /Bun 1\.3\.0 is too old: Bun 1\.4 or later is required/);
+  assert.ok(!proc.stdout().includes('"kind":"start"'), 'nothing started');
 });
