@@ -4,10 +4,12 @@ import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import http, { type IncomingHttpHeaders } from 'node:http';
+
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import {
+  httpGet as get,
+  type HttpAnswer as Answer,
   assertCleanLog,
   GATEWAY_RUNTIME,
   MAIN_JS,
@@ -93,25 +95,6 @@ async function cli(args: readonly string[], opts: { env?: NodeJS.ProcessEnv; cwd
   const exit = await proc.exited;
   clearTimeout(timer);
   return { code: exit.code, stdout: proc.stdout(), stderr: proc.stderr() };
-}
-
-interface Answer {
-  readonly status: number;
-  readonly headers: IncomingHttpHeaders;
-  readonly body: string;
-}
-
-function get(url: string, headers: Record<string, string> = {}): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = http.get(url, { headers, agent: false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => (body += chunk));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-  });
 }
 
 function assertRefused(answer: Answer, status: number, reason: string): void {

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants, createHash, createHmac, generateKeyPair, sign, type KeyObject } from 'node:crypto';
-import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, request, type Agent, type ClientRequest, type IncomingHttpHeaders, type IncomingMessage, type RequestOptions, type Server, type ServerResponse } from 'node:http';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -753,4 +753,35 @@ export function assertCleanLog(stdout: string, tokens: readonly string[]): void 
       assert.ok(!line.includes(token.slice(token.lastIndexOf('.') + 1)), `a token signature in the log: ${line.slice(0, 200)}`);
     }
   }
+}
+
+// ---------------------------------------------------------------- plain HTTP clients
+
+export interface HttpAnswer {
+  readonly status: number;
+  readonly headers: IncomingHttpHeaders;
+  readonly body: string;
+}
+
+/** Starts a request (the caller writes and ends it) and collects its answer; a fresh connection unless `opts.agent` gives a pool. */
+export function httpRequest(url: string, opts: RequestOptions = {}): { req: ClientRequest; answer: Promise<HttpAnswer> } {
+  const req = request(url, { agent: false, ...opts });
+  const answer = new Promise<HttpAnswer>((resolve, reject) => {
+    req.on('response', (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (body += chunk));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+  });
+  return { req, answer };
+}
+
+/** A GET and its whole answer. */
+export function httpGet(url: string, headers: Record<string, string> = {}, agent: Agent | false = false): Promise<HttpAnswer> {
+  const { req, answer } = httpRequest(url, { headers, agent });
+  req.end();
+  return answer;
 }

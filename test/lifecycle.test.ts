@@ -5,11 +5,14 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import http, { type IncomingHttpHeaders } from 'node:http';
+import http from 'node:http';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
+  httpRequest as request,
+  httpGet as get,
+  type HttpAnswer as Answer,
   DISCOVERY_PATH,
   GATEWAY_RUNTIME,
   JWKS_PATH,
@@ -67,34 +70,6 @@ async function nthLog(gw: RunningGateway, n: number, match: (l: Record<string, u
 const isReloadError = (l: Record<string, unknown>) => l.kind === 'config' && l.result === 'error';
 const isReloaded = (l: Record<string, unknown>) => l.kind === 'config' && l.reloaded === true;
 const requestLines = (gw: RunningGateway) => gw.logs().filter((l) => l.kind === 'request');
-
-interface Answer {
-  readonly status: number;
-  readonly headers: IncomingHttpHeaders;
-  readonly body: string;
-}
-
-/** Starts a request (the caller writes and ends it) and collects its answer. */
-function request(url: string, opts: http.RequestOptions = {}): { req: http.ClientRequest; answer: Promise<Answer> } {
-  const req = http.request(url, { agent: false, ...opts });
-  const answer = new Promise<Answer>((resolve, reject) => {
-    req.on('response', (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => (body += chunk));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-  });
-  return { req, answer };
-}
-
-function get(url: string, headers: Record<string, string> = {}): Promise<Answer> {
-  const { req, answer } = request(url, { headers });
-  req.end();
-  return answer;
-}
 
 function assertRefused(answer: Answer, status: number, reason: string): void {
   assert.equal(answer.status, status, `status (body ${answer.body.slice(0, 200)})`);

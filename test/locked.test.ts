@@ -10,11 +10,12 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import http, { type IncomingHttpHeaders } from 'node:http';
+
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
+  httpGet as get,
   DISCOVERY_PATH,
   GATEWAY_RUNTIME,
   JWKS_PATH,
@@ -70,25 +71,6 @@ function startLocked(configFile: string, allowRead: readonly string[], extra: re
 
 function logs(proc: TestProcess): Record<string, unknown>[] {
   return proc.stdout().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
-}
-
-interface Answer {
-  readonly status: number;
-  readonly headers: IncomingHttpHeaders;
-  readonly body: string;
-}
-
-function get(url: string, headers: Record<string, string> = {}): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = http.get(url, { agent: false, headers }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => (body += chunk));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-  });
 }
 
 test('under the permission model with read access to its config and dist/ only, the gateway starts, fetches keys over the network, admits and refuses, reloads, drains on SIGTERM and exits 0', { skip: BUN_SKIP, timeout: 30_000 }, async () => {
