@@ -842,7 +842,9 @@ test('a client that stops reading a large download: the gateway holds the upstre
   const filled = Number(readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmHWM:\s+(\d+) kB/)![1]) / 1024;
   t.diagnostic(`gateway RSS ${baseline.toFixed(1)} MiB before, ${Math.min(...samples).toFixed(1)} to ${peak.toFixed(1)} MiB while stalled (VmHWM since start ${filled.toFixed(1)} MiB); the upstream wrote ${(produced / MiB).toFixed(1)} MiB, the client read ${(received / MiB).toFixed(1)} MiB`);
   assert.ok(peak - baseline < 48, `gateway RSS ${baseline.toFixed(1)} MiB before, ${peak.toFixed(1)} MiB at most while stalled`);
-  assert.ok(peak - Math.min(...samples) < 4, `gateway RSS moved from ${Math.min(...samples).toFixed(1)} to ${peak.toFixed(1)} MiB while nothing moved`);
+  // Flat, not still: a runtime's collector and JIT move RSS by a few MiB on their own (Bun drifted ~5 MiB in CI);
+  // that the upstream was held back is asserted exactly below.
+  assert.ok(peak - Math.min(...samples) < 16, `gateway RSS moved from ${Math.min(...samples).toFixed(1)} to ${peak.toFixed(1)} MiB while nothing moved`);
   assert.equal(produced, last, 'the upstream wrote more while the client read nothing');
   assert.ok(produced < 64 * MiB, `the upstream wrote ${(produced / MiB).toFixed(1)} MiB for a client that read ${(received / MiB).toFixed(1)} MiB`);
 
