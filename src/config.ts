@@ -123,8 +123,8 @@ export function parseConfig(input: unknown): ConfigResult {
   const keys = numbers('keys', object(or(root.keys, {}), 'keys', Object.keys(RANGES.keys), p), p);
   const timeouts = numbers('timeouts', object(or(root.timeouts, {}), 'timeouts', Object.keys(RANGES.timeouts), p), p);
 
-  const logLevel = or(object(or(root.log, {}), 'log', ['level'], p).level, DEFAULTS.log.level);
-  if (!LOG_LEVELS.includes(logLevel as LogLevel)) p('log.level', `expected one of ${LOG_LEVELS.join(', ')}`);
+  const log = { level: or(object(or(root.log, {}), 'log', ['level'], p).level, DEFAULTS.log.level) as LogLevel };
+  if (!LOG_LEVELS.includes(log.level)) p('log.level', `expected one of ${LOG_LEVELS.join(', ')}`);
 
   const trustedProxies = strings(or(root.trustedProxies, []), 'trustedProxies', p);
   trustedProxies.forEach((c, i) => cidrProblem(c) && p(`trustedProxies[${i}]`, cidrProblem(c)!));
@@ -148,7 +148,6 @@ export function parseConfig(input: unknown): ConfigResult {
   });
 
   if (problems.length > 0) return { ok: false, problems };
-  const log = { level: logLevel as LogLevel };
   return { ok: true, config: { listen, admin, issuers, token, keys, timeouts, trustedProxies, routes, tunnels, log }, warnings };
 }
 
@@ -203,21 +202,15 @@ function or(v: unknown, fallback: unknown): unknown {
 }
 
 function object(v: unknown, at: string, known: readonly string[], p: Report): Json {
-  if (!isObject(v)) {
-    p(at, 'expected an object');
-    return {};
-  }
-  for (const key of Object.keys(v)) if (!known.includes(key)) p(at === '(root)' ? key : `${at}.${key}`, 'unknown key');
-  return v;
+  if (!isObject(v)) p(at, 'expected an object');
+  else for (const key of Object.keys(v)) if (!known.includes(key)) p(at === '(root)' ? key : `${at}.${key}`, 'unknown key');
+  return isObject(v) ? v : {};
 }
 
+/** Missing is an empty list; anything else but an array is a problem. */
 function array(v: unknown, at: string, p: Report): unknown[] {
-  if (v === undefined) return [];
-  if (!Array.isArray(v)) {
-    p(at, 'expected an array');
-    return [];
-  }
-  return v;
+  if (v !== undefined && !Array.isArray(v)) p(at, 'expected an array');
+  return Array.isArray(v) ? v : [];
 }
 
 function strings(v: unknown, at: string, p: Report): string[] {

@@ -15,20 +15,14 @@ export interface Destination {
 
 /** Parses authority-form "host:port" (RFC 9112 §3.2.3): a port is required, userinfo is not allowed. */
 export function parseAuthority(text: string): Destination | undefined {
-  let host: string, port: string;
-  if (text.startsWith('[')) {
-    const close = text.indexOf(']');
-    if (close < 0 || text[close + 1] !== ':') return undefined;
-    host = text.slice(1, close);
-    port = text.slice(close + 2);
-    // No zone ids ("fe80::1%eth0"): they name an interface of ours, not a destination.
-    if (isIP(host) !== 6 || host.includes('%')) return undefined;
-  } else {
-    const colon = text.lastIndexOf(':');
-    if (colon <= 0) return undefined;
-    host = text.slice(0, colon);
-    port = text.slice(colon + 1);
-  }
+  // The port's colon comes right after the first "]" of a bracketed IPv6 literal, else it is the last colon.
+  const bracketed = text.startsWith('[');
+  const colon = bracketed ? text.indexOf(']') + 1 : text.lastIndexOf(':');
+  if (colon <= 0 || text[colon] !== ':') return undefined;
+  let host = bracketed ? text.slice(1, colon - 1) : text.slice(0, colon);
+  const port = text.slice(colon + 1);
+  // No zone ids ("fe80::1%eth0"): they name an interface of ours, not a destination.
+  if (bracketed && (isIP(host) !== 6 || host.includes('%'))) return undefined;
   if (!/^[1-9][0-9]{0,4}$/.test(port) || Number(port) > 65535) return undefined;
   host = host.toLowerCase().replace(/\.$/, '');
   const isIp = isIP(host) !== 0;
@@ -37,22 +31,19 @@ export function parseAuthority(text: string): Destination | undefined {
   return { host, port: Number(port), isIp };
 }
 
-export interface DestinationMatcher {
-  matches(d: Destination): boolean;
-  /** Whether this exact address and port are listed literally (which overrides the address checks). */
-  listsAddress(address: string, port: number): boolean;
-}
+export type DestinationMatcher = ReturnType<typeof compileDestinations>;
 
 /** Compiles "host:port" patterns; `*` in the host stands for any run of characters. IP literals must be listed exactly. */
-export function compileDestinations(patterns: readonly string[]): DestinationMatcher {
+export function compileDestinations(patterns: readonly string[]) {
   const compiled = patterns.map((p) => {
     const colon = p.lastIndexOf(':');
     const host = stripBrackets(p.slice(0, colon).toLowerCase()).replace(/\.$/, '');
     return { host, glob: compileGlob(host), port: Number(p.slice(colon + 1)) };
   });
   return {
-    matches: (d) => compiled.some((c) => c.port === d.port && (d.isIp ? c.host === d.host : matchGlob(c.glob, d.host))),
-    listsAddress: (address, port) => compiled.some((c) => c.host === address && c.port === port),
+    matches: (d: Destination): boolean => compiled.some((c) => c.port === d.port && (d.isIp ? c.host === d.host : matchGlob(c.glob, d.host))),
+    /** Whether this exact address and port are listed literally (which overrides the address checks). */
+    listsAddress: (address: string, port: number): boolean => compiled.some((c) => c.host === address && c.port === port),
   };
 }
 

@@ -1,7 +1,6 @@
-// `oidc-gateway explain`: which routes and tunnels a token (or a set of claims)
-// may use and, for each rule that keeps it out, the first claim that failed
-// with its value and the pattern side by side. The same config, verification
-// and policy code as the gateway; no listener is started.
+// `oidc-gateway explain`: which routes and tunnels a token (or a set of claims) may use and, for each rule that keeps it out,
+// the first claim that failed with its value and the pattern side by side. The same config, verification and policy code
+// as the gateway; no listener is started.
 import type { GatewayConfig } from './config.js';
 import { compileDestinations, parseAuthority } from './destination.js';
 import { createKeySet } from './jwks.js';
@@ -12,12 +11,7 @@ import { identityOf } from './audit.js';
 import { verifierOptions } from './gateway.js';
 
 /** A token to verify (the issuers' keys are fetched once), or parsed JSON claims taken as given; and what to check. */
-export interface ExplainInput {
-  readonly token?: string;
-  readonly claims?: unknown;
-  readonly path?: string;
-  readonly connect?: string;
-}
+export interface ExplainInput { readonly token?: string; readonly claims?: unknown; readonly path?: string; readonly connect?: string }
 
 /** Prints the report line by line; resolves with the exit code: 0 admitted, 1 refused, 2 unusable input. */
 export async function explain(config: GatewayConfig, input: ExplainInput, print: (line: string) => void): Promise<number> {

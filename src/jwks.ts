@@ -23,21 +23,17 @@ export interface KeySetOptions extends Partial<Record<(typeof TIMERS)[number], n
   readonly log?: (line: Record<string, unknown>) => void;
 }
 
-export interface KeySetStatus {
-  readonly keys: number;
-  readonly usable: boolean;
-  readonly lastGoodFetch: number | undefined;
-}
-
 export interface KeySet {
   readonly resolveKey: KeyResolver;
   /** Fetches now, sharing any fetch already in flight. Never throws. */
   refresh(): Promise<boolean>;
-  status(): KeySetStatus;
+  status(): { readonly keys: number; readonly usable: boolean; readonly lastGoodFetch: number | undefined };
   /** Fetches at once, then keeps the set fresh (and retries while it has none) on unref'd timers. */
   start(): Promise<boolean>;
   stop(): void;
 }
+
+export type KeySetStatus = ReturnType<KeySet['status']>;
 
 /** https, or plain http to a loopback host (tests and sidecars). Returns a problem or undefined. */
 export function checkKeyUrl(text: string): string | undefined {

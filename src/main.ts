@@ -47,23 +47,21 @@ function parseArgs(argv: string[]): Args {
   return args;
 }
 
-/** The result of `read`, or exit 2 naming the file: for explain's inputs. */
-function orFail<T>(file: string, read: () => T): T {
+/** What `run` returns, or what `onError` makes of the message of what it threw. */
+function attempt<T>(run: () => T, onError: (message: string) => T): T {
   try {
-    return read();
+    return run();
   } catch (err) {
-    return fail(`${file}: ${err instanceof Error ? err.message : String(err)}`);
+    return onError(err instanceof Error ? err.message : String(err));
   }
 }
 
-/** Reads and validates the config file: the config and its warnings, or every problem. */
-function readConfig(file: string): ConfigResult {
-  try {
-    return parseConfig(JSON.parse(readFileSync(file, 'utf8')));
-  } catch (err) {
-    return { ok: false, problems: [err instanceof Error ? err.message : String(err)] };
-  }
-}
+/** The result of `read`, or exit 2 naming the file: for explain's inputs. */
+const orFail = <T>(file: string, read: () => T): T => attempt(read, (message) => fail(`${file}: ${message}`));
+
+/** Reads and validates the config file: the config and its warnings, or every problem (an unreadable file or bad JSON as one). */
+const readConfig = (file: string): ConfigResult =>
+  attempt(() => parseConfig(JSON.parse(readFileSync(file, 'utf8'))), (message) => ({ ok: false, problems: [message] }));
 
 
 function summary(c: GatewayConfig): string {

@@ -57,12 +57,8 @@ function firstMismatch(rule: CompiledRule, claims: Claims): string | undefined {
   return undefined;
 }
 
-export interface RuleMiss {
-  readonly claim: string;
-  /** The claim's value as text, undefined when the token does not carry it. */
-  readonly value: string | undefined;
-  readonly patterns: readonly string[];
-}
+/** The claim that kept a rule out, its value as text (undefined when the token does not carry it), and the rule's patterns for it. */
+export type RuleMiss = { readonly claim: string; readonly value: string | undefined; readonly patterns: readonly string[] };
 
 /** For each rule, the first claim that kept it out with the value and the patterns side by side; null where the rule admits. */
 export function explainPolicy(policy: Policy, claims: Claims): (RuleMiss | null)[] {

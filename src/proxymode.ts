@@ -1,6 +1,5 @@
-// Proxy mode: CONNECT tunnels and absolute-form (plain-HTTP) forward proxying,
-// both admitted by the `tunnels` rules. A destination needs an entry whose
-// `to` names it AND one of that entry's allow rules admitting the token.
+// Proxy mode: CONNECT tunnels and absolute-form (plain-HTTP) forward proxying, both admitted by the `tunnels` rules.
+// A destination needs an entry whose `to` names it AND one of that entry's allow rules admitting the token.
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { beginExchange, identityOf, type Exchange, type Log } from './audit.js';
@@ -52,11 +51,10 @@ export function createProxyMode(log: Log) {
     const verified = await plan.authenticate(ex, token);
     if (!verified.ok) return void ex.refuse(verified.reason);
     ex.entry.identity = identityOf(verified.claims);
+    // The first claim that kept out an entry naming the destination; none if no entry names it.
     let claim: string | undefined;
-    let named = false;
     for (const t of plan.tunnels) {
       if (!t.destinations.matches(dest)) continue;
-      named = true;
       const decision = evaluate(t.policy, verified.claims);
       if (!decision.allowed) {
         claim ??= decision.claim;
@@ -66,7 +64,7 @@ export function createProxyMode(log: Log) {
       if ('reason' in resolved) return void ex.refuse(resolved.reason);
       return { tunnel: t, claims: verified.claims, address: resolved.address };
     }
-    return void (named ? ex.refuse('claim_mismatch', { claim }) : ex.refuse('connect_target_denied'));
+    return void (claim !== undefined ? ex.refuse('claim_mismatch', { claim }) : ex.refuse('connect_target_denied'));
   }
 
   return {

@@ -24,11 +24,8 @@ export function parseTarget(url: string): { readonly path: string; readonly quer
   return { path, query: q < 0 ? '' : url.slice(q) };
 }
 
-export interface Routed<R> {
-  readonly route: R;
-  /** The request path with the route's prefix replaced by the upstream's path. */
-  readonly upstreamPath: string;
-}
+/** A route, and the request path with the route's prefix replaced by the upstream's path. */
+export type Routed<R> = { readonly route: R; readonly upstreamPath: string };
 
 /** Longest-prefix routing at segment boundaries, in one map look-up per path segment. */
 export function createRouter<R extends { readonly path: string; readonly upstreamPath: string }>(routes: readonly R[]): (path: string) => Routed<R> | undefined {

@@ -24,11 +24,8 @@ export interface TunnelOutcome {
   readonly bytesDown: number;
 }
 
-export interface Tunnel {
-  readonly done: Promise<TunnelOutcome>;
-  /** Ends the tunnel now (shutdown). */
-  close(): void;
-}
+/** `done` settles once the tunnel is over; `close()` ends it now (shutdown). */
+export type Tunnel = { readonly done: Promise<TunnelOutcome>; close(): void };
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
 

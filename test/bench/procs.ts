@@ -279,7 +279,8 @@ const toMs = (value: string, unit: string) => Number(value) * (unit === 'us' ? 0
 /** One wrk run without Lua: a fixed header (the token goes in by -H, in argv, never printed). */
 export async function runWrk(exec: string, o: { url: string; header: string; connections: number; seconds: number; expect200: boolean }): Promise<WrkResult> {
   const threads = Math.max(1, Math.min(2, o.connections));
-  const args = ['-t', String(threads), '-c', String(o.connections), '-d', `${o.seconds}s`, '--latency', '-H', o.header, o.url];
+  // wrk takes whole seconds only ("0.5s" is a usage error); the rate comes from the span it reports.
+  const args = ['-t', String(threads), '-c', String(o.connections), '-d', `${Math.max(1, Math.round(o.seconds))}s`, '--latency', '-H', o.header, o.url];
   const child = tracked(spawn(exec, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
   let out = '';
   child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
