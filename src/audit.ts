@@ -18,8 +18,16 @@ export const IDENTITY_CLAIMS = [
 
 export type Log = (line: Record<string, unknown>) => void;
 
-export const identityOf = (claims: Claims): Record<string, string> =>
-  Object.fromEntries(IDENTITY_CLAIMS.map((name) => [name, claimText(claims, name)]).filter(([, v]) => v !== undefined));
+// Verified claims are frozen and a cached token's are shared by all its requests: its identity is built once.
+const identities = new WeakMap<Claims, Readonly<Record<string, string>>>();
+
+export function identityOf(claims: Claims): Readonly<Record<string, string>> {
+  let identity = identities.get(claims);
+  if (identity) return identity;
+  const entries = IDENTITY_CLAIMS.map((name) => [name, claimText(claims, name)]).filter(([, v]) => v !== undefined);
+  identities.set(claims, (identity = Object.freeze(Object.fromEntries(entries))));
+  return identity;
+}
 
 const RANK = { debug: 0, info: 1, warn: 2, error: 3 } as const;
 export type LogLevel = keyof typeof RANK;

@@ -10,7 +10,7 @@ import { beginExchange, IDENTITY_CLAIMS, identityOf, type Exchange, type Log } f
 import type { GatewayConfig, IssuerConfig, RouteConfig } from './config.js';
 import { claimHeaders, inspectHead, upstreamHeaders, type InboundHead } from './headers.js';
 import { createKeySet, type KeySet, type KeySetOptions } from './jwks.js';
-import { createTokenVerifier, type KeyResolver, type VerifierOptions } from './jwt.js';
+import { createTokenVerifier, type Claims, type KeyResolver, type VerifierOptions } from './jwt.js';
 import { createMetrics } from './metrics.js';
 import { compilePolicy, evaluate, explainPolicy, type Policy } from './policy.js';
 import { createAgent, forward } from './proxy.js';
@@ -56,6 +56,16 @@ export function verifierOptions(config: GatewayConfig, keysOf: (issuer: IssuerCo
   return { issuers, clockSkewSeconds, maxAgeSeconds, maxTokenBytes, cacheSize };
 }
 
+// Claims objects are made once per verified token (a cache hit hands back the same one): its hash is computed once too.
+const tokenHashes = new WeakMap<Claims, string>();
+function tokenSha256(token: string, claims: Claims | undefined): string {
+  const known = claims && tokenHashes.get(claims);
+  if (known) return known;
+  const hash = createHash('sha256').update(token).digest('hex');
+  if (claims) tokenHashes.set(claims, hash);
+  return hash;
+}
+
 export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {}): Gateway {
   const metrics = createMetrics();
   const log: Log = (line) => (metrics.observe(line), opts.log?.(line));
@@ -92,7 +102,7 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
       if (!token) return { ok: false, reason: token === '' ? 'token_missing' : 'token_malformed' };
       const verified = await verify(token);
       // Which token it was, for matching with the workflow's own records; not for what is no JWT (such as a password).
-      if (verified.ok || verified.reason !== 'token_malformed') ex.entry.tokenSha256 = createHash('sha256').update(token).digest('hex');
+      if (verified.ok || verified.reason !== 'token_malformed') ex.entry.tokenSha256 = tokenSha256(token, verified.ok ? verified.claims : undefined);
       return verified;
     };
     const routes = config.routes.map((r): CompiledRoute => ({ ...r, upstreamPath: r.upstream?.pathname ?? '/', policy: compilePolicy(r.allow), agent: r.upstream && agentFor(r.upstream) }));

@@ -28,9 +28,16 @@ const COUNTERS = {
 export function createMetrics(): { observe: Log; render(held: Snapshot): string } {
   const counters = new Map<keyof typeof COUNTERS, Map<string, number>>(Object.keys(COUNTERS).map((n) => [n as keyof typeof COUNTERS, new Map()]));
   const durations = new Map<string, { buckets: number[]; sum: number; count: number }>();
+  // Label text is escaped and joined once per distinct label set (a bounded number: routes times reasons), not per line.
+  const labelTexts = new Map<string, string>();
+  const textOf = (labels: Labels) => {
+    let key = '';
+    for (const name in labels) key += `${name}\n${labels[name]}\n`;
+    return labelTexts.get(key) ?? labelTexts.set(key, labelText(labels)).get(key)!;
+  };
   const add = (name: keyof typeof COUNTERS, labels: Labels, by = 1) => {
     const series = counters.get(name)!;
-    const key = labelText(labels);
+    const key = textOf(labels);
     series.set(key, (series.get(key) ?? 0) + by);
   };
 
@@ -47,11 +54,11 @@ export function createMetrics(): { observe: Log; render(held: Snapshot): string 
     add('bytes_total', { direction: 'out' }, Number(line.bytesOut ?? line.bytesDown ?? 0));
     // A tunnel's life is not a request's duration: it would swamp the buckets.
     if (kind === 'tunnel') return;
-    const key = labelText({ route });
+    const key = textOf({ route });
     const h = durations.get(key) ?? { buckets: BUCKETS.map(() => 0), sum: 0, count: 0 };
     durations.set(key, h);
     const seconds = Number(line.ms) / 1000;
-    BUCKETS.forEach((le, i) => seconds <= le && h.buckets[i]!++);
+    for (let i = 0; i < BUCKETS.length; i++) if (seconds <= BUCKETS[i]!) h.buckets[i]!++;
     h.sum += seconds;
     h.count++;
   }
