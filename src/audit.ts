@@ -22,10 +22,11 @@ export type Log = (line: Record<string, unknown>) => void;
 const identities = new WeakMap<Claims, Readonly<Record<string, string>>>();
 
 export function identityOf(claims: Claims): Readonly<Record<string, string>> {
-  let identity = identities.get(claims);
-  if (identity) return identity;
+  const known = identities.get(claims);
+  if (known) return known;
   const entries = IDENTITY_CLAIMS.map((name) => [name, claimText(claims, name)]).filter(([, v]) => v !== undefined);
-  identities.set(claims, (identity = Object.freeze(Object.fromEntries(entries))));
+  const identity = Object.freeze(Object.fromEntries(entries));
+  identities.set(claims, identity);
   return identity;
 }
 

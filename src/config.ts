@@ -51,7 +51,7 @@ const RANGES = {
     clockSkewSeconds: [VERIFIER_DEFAULTS.clockSkewSeconds, 0, 600], maxBytes: [VERIFIER_DEFAULTS.maxTokenBytes, 1024, 65_536], cacheSize: [VERIFIER_DEFAULTS.cacheSize, 0, 100_000],
   },
   keys: { fetchTimeoutMs: [KEYSET_DEFAULTS.fetchTimeoutMs, 100, 60_000], cooldownMs: [KEYSET_DEFAULTS.cooldownMs, 1_000, 3_600_000], staleIfErrorMs: [KEYSET_DEFAULTS.staleIfErrorMs, 0, 604_800_000] },
-  timeouts: { upstreamConnectMs: [5_000, 10, 600_000], upstreamHeadMs: [30_000, 10, 3_600_000], idleMs: [300_000, 10, 86_400_000], clientHeadersMs: [10_000, 10, 600_000], drainMs: [25_000, 0, 600_000] },
+  timeouts: { upstreamConnectMs: [5_000, 10, 600_000], upstreamHeadMs: [30_000, 10, 3_600_000], idleMs: [300_000, 10, 86_400_000], clientHeadersMs: [10_000, 10, 600_000], keepAliveMs: [5_000, 1_000, 3_600_000], drainGraceMs: [0, 0, 600_000], drainMs: [25_000, 0, 600_000] },
 } as const;
 type Section = keyof typeof RANGES;
 type Numbers<S extends Section> = { readonly [K in keyof (typeof RANGES)[S]]: number };

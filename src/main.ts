@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The only module with side effects: arguments, the config file, listeners, signals.
 import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { jsonLines } from './audit.js';
 import { parseConfig, type ConfigResult, type GatewayConfig } from './config.js';
 import { explain } from './explain.js';
@@ -47,21 +48,23 @@ function parseArgs(argv: string[]): Args {
   return args;
 }
 
-/** What `run` returns, or what `onError` makes of the message of what it threw. */
-function attempt<T>(run: () => T, onError: (message: string) => T): T {
+/** What `run` (which reads `file`) returns, or what `onError` makes of the message of what it threw. */
+function attempt<T>(file: string, run: () => T, onError: (message: string) => T): T {
   try {
     return run();
   } catch (err) {
-    return onError(err instanceof Error ? err.message : String(err));
+    // Node's permission model says only "Access to this API has been restricted": say which flag grants it.
+    const denied = (err as NodeJS.ErrnoException | undefined)?.code === 'ERR_ACCESS_DENIED' ? ` (the permission model: allow it with --allow-fs-read=${resolve(file)})` : '';
+    return onError(`${err instanceof Error ? err.message : String(err)}${denied}`);
   }
 }
 
 /** The result of `read`, or exit 2 naming the file: for explain's inputs. */
-const orFail = <T>(file: string, read: () => T): T => attempt(read, (message) => fail(`${file}: ${message}`));
+const orFail = <T>(file: string, read: () => T): T => attempt(file, read, (message) => fail(`${file}: ${message}`));
 
 /** Reads and validates the config file: the config and its warnings, or every problem (an unreadable file or bad JSON as one). */
 const readConfig = (file: string): ConfigResult =>
-  attempt(() => parseConfig(JSON.parse(readFileSync(file, 'utf8'))), (message) => ({ ok: false, problems: [message] }));
+  attempt(file, () => parseConfig(JSON.parse(readFileSync(file, 'utf8'))), (message) => ({ ok: false, problems: [message] }));
 
 
 function summary(c: GatewayConfig): string {
@@ -111,8 +114,9 @@ async function main(): Promise<void> {
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
-    log({ kind: 'stop', signal, drainMs: config.timeouts.drainMs });
-    void listeners.close(config.timeouts.drainMs).then(() => gateway.stop()).then(() => process.exit(0));
+    const { drainMs, drainGraceMs } = config.timeouts;
+    log({ kind: 'stop', signal, drainMs, drainGraceMs });
+    void listeners.close(drainMs, drainGraceMs).then(() => gateway.stop()).then(() => process.exit(0));
   };
   for (const signal of ['SIGTERM', 'SIGINT'] as const) process.on(signal, () => stop(signal));
   process.on('SIGHUP', () => {

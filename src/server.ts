@@ -1,5 +1,6 @@
 // The two listeners, public and admin, with the limits that protect them.
 import { once } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
 import http, { type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { GatewayConfig } from './config.js';
@@ -14,8 +15,11 @@ export interface Listeners {
   listen(): Promise<{ port: number; adminPort: number }>;
   /** Applies a reloaded config's client timeouts (the addresses stay as bound). */
   configure(config: GatewayConfig): void;
-  /** Turns readiness false, stops accepting, lets in-flight requests and tunnels finish for up to `drainMs`, then cuts the rest. */
-  close(drainMs: number): Promise<void>;
+  /**
+   * Turns readiness false; keeps accepting for `graceMs`, every answer asking the client to close; then stops accepting,
+   * lets in-flight requests and tunnels finish for up to `drainMs`, and cuts the rest.
+   */
+  close(drainMs: number, graceMs?: number): Promise<void>;
 }
 
 export function createListeners(gateway: Gateway, config: GatewayConfig): Listeners {
@@ -29,6 +33,8 @@ export function createListeners(gateway: Gateway, config: GatewayConfig): Listen
     // Every header reaches us (the 16 KiB head cap bounds them): past Node's default count the parser would still frame by a header we never see.
     publicServer.maxHeadersCount = 0;
     publicServer.timeout = c.timeouts.idleMs;
+    // Set it above the idle timeout of the balancer in front, so the balancer, not we, closes an idle connection.
+    publicServer.keepAliveTimeout = c.timeouts.keepAliveMs;
   };
   configure(config);
   publicServer.on('request', (req, res) => gateway.handle(req, res));
@@ -60,9 +66,12 @@ export function createListeners(gateway: Gateway, config: GatewayConfig): Listen
       return { port, adminPort };
     },
     configure,
-    async close(drainMs) {
+    async close(drainMs, graceMs = 0) {
       // Readiness goes false at once; the admin listener stays up through the drain so probes can see it.
       gateway.drain();
+      // Closing the listener refuses connections a balancer may already have sent a request on, and closing idle ones
+      // may cut a request being written: neither is retried for a POST. A balancer that follows /readyz stops in time.
+      if (graceMs > 0) await sleep(graceMs);
       const closed = new Promise((resolve) => publicServer.close(resolve));
       // server.close() waits for keep-alive sockets: close the idle ones as in-flight exchanges end.
       const sweep = setInterval(() => publicServer.closeIdleConnections(), 100);

@@ -475,6 +475,10 @@ const ADDITIONS: [what: string, change: (c: Json) => void, problems: string[]][]
   ['an unknown key in log', (c) => (c.log = { level: 'info', format: 'json' }), ['log.format: unknown key']],
   ...[0, 1, 25_000, 600_000].map((ms): [string, (c: Json) => void, string[]] => [`timeouts.drainMs ${ms}`, (c) => (c.timeouts = { drainMs: ms }), []]),
   ...[-1, 600_001, '25s', null, 1e308].map((ms): [string, (c: Json) => void, string[]] => [`timeouts.drainMs ${JSON.stringify(ms)}`, (c) => (c.timeouts = { drainMs: ms }), [`timeouts.drainMs: ${DRAIN}`]]),
+  ...[0, 2_000, 600_000].map((ms): [string, (c: Json) => void, string[]] => [`timeouts.drainGraceMs ${ms}`, (c) => (c.timeouts = { drainGraceMs: ms }), []]),
+  ...[-1, 600_001, '2s'].map((ms): [string, (c: Json) => void, string[]] => [`timeouts.drainGraceMs ${JSON.stringify(ms)}`, (c) => (c.timeouts = { drainGraceMs: ms }), ['timeouts.drainGraceMs: expected a number from 0 to 600000']]),
+  ...[1_000, 65_000, 3_600_000].map((ms): [string, (c: Json) => void, string[]] => [`timeouts.keepAliveMs ${ms}`, (c) => (c.timeouts = { keepAliveMs: ms }), []]),
+  ...[0, 999, 3_600_001, null].map((ms): [string, (c: Json) => void, string[]] => [`timeouts.keepAliveMs ${JSON.stringify(ms)}`, (c) => (c.timeouts = { keepAliveMs: ms }), ['timeouts.keepAliveMs: expected a number from 1000 to 3600000']]),
 ];
 
 for (const [what, change, problems] of ADDITIONS) {
@@ -490,6 +494,9 @@ for (const [what, change, problems] of ADDITIONS) {
 test('DEFAULTS and a minimal config have log level info, a 25 s drain, and proxy routes (with an upstream)', () => {
   assert.equal(DEFAULTS.log.level, 'info');
   assert.equal(DEFAULTS.timeouts.drainMs, 25_000);
+  // No grace by default (a stop is as quick as before); Node's own 5 s keep-alive timeout.
+  assert.equal(DEFAULTS.timeouts.drainGraceMs, 0);
+  assert.equal(DEFAULTS.timeouts.keepAliveMs, 5_000);
   const result = parseConfig(minimal());
   assert.ok(result.ok);
   assert.deepEqual(result.config.log, { level: 'info' });

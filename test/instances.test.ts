@@ -116,6 +116,8 @@ interface Nginx {
   readonly port: number;
   accessLog(): string[];
   errorLog(): string;
+  /** Rewrites the config with these upstream ports marked `down` and reloads (SIGHUP), once the new workers run. */
+  markDown(ports: readonly number[]): Promise<void>;
 }
 
 /**
@@ -141,7 +143,7 @@ async function startNginxOnce(nginx: string, dir: string, upstreams: readonly nu
     .filter((m) => m === 'client_body' || m === 'proxy' || !version.output.includes(`--without-http_${m}_module`))
     .map((m) => `  ${m}_temp_path ${join(dir, `${m}_temp`)};`);
   const conf = join(dir, 'nginx.conf');
-  writeFileSync(conf, `daemon off;
+  const write = (down: readonly number[]) => writeFileSync(conf, `daemon off;
 worker_processes 1;
 pid ${join(dir, 'nginx.pid')};
 error_log ${join(dir, 'error.log')} info;
@@ -152,7 +154,7 @@ http {
 ${temp.join('\n')}
   keepalive_requests 100000;
   upstream gateways {
-${upstreams.map((p) => `    server 127.0.0.1:${p} max_fails=1 fail_timeout=10s;`).join('\n')}
+${upstreams.map((p) => `    server 127.0.0.1:${p} max_fails=1 fail_timeout=10s${down.includes(p) ? ' down' : ''};`).join('\n')}
     keepalive 32;
     keepalive_timeout 4s;   # below the gateway's 5 s keep-alive timeout: nginx drops idle sockets before the gateway does
   }
@@ -169,6 +171,7 @@ ${upstreams.map((p) => `    server 127.0.0.1:${p} max_fails=1 fail_timeout=10s;`
   }
 }
 `);
+  write([]);
   const proc = startProcess(nginx, ['-p', `${dir}/`, '-c', conf, '-e', join(dir, 'error.log')]);
   const errorLog = () => {
     try {
@@ -184,6 +187,13 @@ ${upstreams.map((p) => `    server 127.0.0.1:${p} max_fails=1 fail_timeout=10s;`
     port,
     accessLog: () => readFileSync(join(dir, 'access.log'), 'utf8').split('\n').filter((l) => l !== ''),
     errorLog,
+    async markDown(ports) {
+      write(ports);
+      const reloads = () => errorLog().split('\n').filter((l) => l.includes('reconfiguring')).length;
+      const before = reloads();
+      proc.child.kill('SIGHUP');
+      await waitUntil(() => reloads() > before && errorLog().includes('gracefully shutting down'), 5_000);
+    },
   };
   return self;
 }
@@ -230,7 +240,7 @@ function send(method: 'GET' | 'POST', url: string, headers: Record<string, strin
  * Two gateways behind nginx, WORKERS keep-alive clients sending one request after another for LOAD_MS,
  * SIGTERM to the first gateway at SIGTERM_AT_MS. `postWorkers` of the workers send POSTs, the rest GETs.
  */
-async function stopOneUnderLoad(postWorkers: number): Promise<void> {
+async function stopOneUnderLoad(postWorkers: number, opts: { markDownFirst?: boolean } = {}): Promise<void> {
   const nginxPath = (found as { nginx: string }).nginx;
   const dir = mkdtempSync(join(tmpdir(), 'oidc-gateway-lb-'));
   cleanups.push(async () => rmSync(dir, { recursive: true, force: true }));
@@ -267,8 +277,9 @@ async function stopOneUnderLoad(postWorkers: number): Promise<void> {
   const auth = { 'gateway-authorization': `Bearer ${workflowToken(issuer.issuer, key, AUDIENCE, RULE)}` };
   assert.equal((await get(`${nginx.url}/api/warmup`, auth, false)).status, 200, nginx.errorLog());
 
-  // Steady load: WORKERS keep-alive clients, each sending one request after another.
-  const agent = new http.Agent({ keepAlive: true, maxSockets: WORKERS });
+  // Steady load: WORKERS keep-alive clients, each sending one request after another. (An nginx reload closes
+  // the old worker's idle client connections, the same race one hop earlier: there, a connection per request.)
+  const agent = new http.Agent({ keepAlive: !opts.markDownFirst, maxSockets: WORKERS });
   cleanups.push(async () => agent.destroy());
   const outcomes: Outcome[] = [];
   let stopLoad = false;
@@ -280,6 +291,8 @@ async function stopOneUnderLoad(postWorkers: number): Promise<void> {
   const workers = Array.from({ length: WORKERS }, (_, i) => worker(i < postWorkers ? 'POST' : 'GET'));
 
   await new Promise((r) => setTimeout(r, SIGTERM_AT_MS));
+  // The documented procedure for a balancer that does not poll /readyz: take the instance out of rotation, then stop it.
+  if (opts.markDownFirst) await nginx.markDown([a.port]);
   const beforeSignal = outcomes.length;
   const aBefore = a.logs().filter((l) => l.kind === 'request').length;
   const bBefore = b.logs().filter((l) => l.kind === 'request').length;
@@ -343,8 +356,14 @@ test('two gateways behind nginx: SIGTERM to one under steady keep-alive load fai
 // closes idle keep-alive connections at once, and sweeps them every 100 ms. nginx may have just
 // written a request on one of them; the gateway closes it unanswered ("upstream prematurely closed
 // connection while reading response header"). nginx retries a GET on the other instance, but not a
-// POST (non-idempotent), so the client gets a 502: seen in 3 of 36 runs here (1 or 2 POSTs lost in each). Without a gateway
-// change, the cure is to take the instance out of the balancer before SIGTERM (readiness + preStop).
+// POST (non-idempotent), so the client gets a 502: seen in 3 of 36 runs here (1 or 2 POSTs lost in each). Closing the
+// listener has the same race (a connection in the accept queue is reset after nginx wrote to it), so no server change
+// closes it: the cure is to take the instance out of rotation first, as the test above does (or drainGraceMs with a
+// balancer that polls /readyz).
+test('half the workers sending POSTs, with the instance marked down in nginx (reloaded) before its SIGTERM, as the README says: no POST fails, none is sent twice', { skip: SKIP, timeout: 60_000 }, async () => {
+  await stopOneUnderLoad(WORKERS / 2, { markDownFirst: true });
+});
+
 test('the same with half the workers sending POSTs (which nginx does not retry once sent)', { skip: SKIP, todo: SKIP ? false : 'a POST written on a keep-alive connection the draining gateway closes gets a 502 from nginx, in about 1 run in 10', timeout: 60_000 }, async () => {
   await stopOneUnderLoad(WORKERS / 2);
 });

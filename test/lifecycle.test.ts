@@ -188,6 +188,69 @@ test('on SIGTERM an idle keep-alive connection is closed at once, and a keep-ali
   assert.deepEqual(await gw.process.exited, { code: 0, signal: null });
 });
 
+test('drainGraceMs: on SIGTERM /readyz turns 503 at once, yet for the grace the gateway still accepts and serves, each answer with Connection: close (a connection idle since before the signal too); then it refuses connections and exits 0', { timeout: 20_000 }, async () => {
+  const issuer = await startIssuer({ keys: [key.jwk] });
+  let heads = 0;
+  let lastHeadAt = 0;
+  const upstream = await startServer((req, res) => (heads++, (lastHeadAt = Date.now()), req.resume(), res.writeHead(200, { 'content-type': 'text/plain' }).end('ok')));
+  cleanups.push(() => issuer.close(), () => upstream.close());
+  const GRACE = 1_200;
+  const gw = await gateway({ issuers: [{ issuer: issuer.issuer, audience: AUDIENCE }], routes: [{ path: '/api', upstream: `${upstream.url}/`, allow: [RULE] }], timeouts: { drainGraceMs: GRACE, drainMs: 2_000 } });
+  const auth = { 'gateway-authorization': `Bearer ${tokenFor(issuer)}` };
+  const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  cleanups.push(async () => keepAlive.destroy());
+  const before = await get(`${gw.url}/api/before`, auth, keepAlive);
+  assert.equal(before.status, 200);
+  assert.notEqual(before.headers.connection, 'close');
+
+  const signalled = Date.now();
+  gw.process.child.kill('SIGTERM');
+  await waitUntil(async () => (await get(`${gw.adminUrl}/readyz`)).status === 503, 1_000);
+  // A new connection, and the kept-alive one that was idle when the signal came: both served, both told to close.
+  const fresh = await get(`${gw.url}/api/fresh`, auth);
+  const kept = await get(`${gw.url}/api/kept`, auth, keepAlive);
+  assert.ok(Date.now() - signalled < GRACE, 'still within the grace');
+  for (const answer of [fresh, kept]) {
+    assert.equal(answer.status, 200);
+    assert.equal(answer.headers.connection, 'close');
+  }
+  assert.equal(heads, 3);
+
+  // Served (each on a new connection) until the grace ends; then the listener is closed and connections are refused.
+  await waitUntil(async () => !(await get(`${gw.url}/api/late`, auth).then((a) => (assert.equal(a.headers.connection, 'close'), true), () => false)), 3_000);
+  assert.ok(Date.now() - signalled >= GRACE, `refused ${Date.now() - signalled} ms after the signal, before the grace of ${GRACE} ms ended`);
+  assert.ok(lastHeadAt - signalled < GRACE + 200, `the upstream was reached ${lastHeadAt - signalled} ms after the signal`);
+  const served = heads;
+  assert.equal((await get(`${gw.url}/api/later`, auth).then(() => 'served', (err: NodeJS.ErrnoException) => err.code)), 'ECONNREFUSED');
+  assert.equal(heads, served, 'nothing reached the upstream once connections were refused');
+  assert.deepEqual(await gw.process.exited, { code: 0, signal: null });
+  const stop = gw.logs().find((l) => l.kind === 'stop')!;
+  assert.deepEqual([stop.drainGraceMs, stop.drainMs], [GRACE, 2_000]);
+});
+
+test('keepAliveMs: an idle client connection is closed by the gateway after it (and Keep-Alive says so); before it, the connection is reused', { timeout: 20_000 }, async () => {
+  const issuer = await startIssuer({ keys: [key.jwk] });
+  cleanups.push(() => issuer.close());
+  const gw = await gateway({ issuers: [{ issuer: issuer.issuer, audience: AUDIENCE }], routes: [{ path: '/api', upstream: 'http://127.0.0.1:9/', allow: [RULE] }], timeouts: { keepAliveMs: 1_000 } });
+  const socket = connect(gw.port, '127.0.0.1');
+  cleanups.push(async () => socket.destroy());
+  let text = '';
+  let closedAt = 0;
+  socket.setEncoding('latin1').on('data', (c: string) => (text += c));
+  socket.on('close', () => (closedAt = Date.now()));
+  socket.write('GET /nowhere HTTP/1.1\r\nHost: gateway\r\n\r\n');
+  await waitUntil(() => text.split('route_unknown').length === 2, 2_000);
+  await new Promise((r) => setTimeout(r, 500));
+  socket.write('GET /nowhere HTTP/1.1\r\nHost: gateway\r\n\r\n');
+  await waitUntil(() => text.split('route_unknown').length === 3, 2_000);
+  const idleFrom = Date.now();
+  assert.equal(closedAt, 0, 'reused within keepAliveMs');
+  assert.match(text, /\r\nkeep-alive: timeout=1\r\n/i);
+  await waitUntil(() => closedAt > 0, 5_000);
+  const idle = closedAt - idleFrom;
+  assert.ok(idle >= 900 && idle < 3_000, `closed after ${idle} ms idle with keepAliveMs 1000`);
+});
+
 test('drainMs is honoured: a request stuck on an upstream that never answers is cut when it runs out, and the process exits 0', { timeout: 20_000 }, async () => {
   const issuer = await startIssuer({ keys: [key.jwk] });
   let heads = 0;

@@ -162,6 +162,7 @@ test('the model restricts files: the same command without read access to the con
   assert.equal(ours.length, 1, stderr);
   assert.ok(ours[0]!.includes(configFile), `the message names the file: ${stderr}`);
   assert.match(stderr, /restricted|denied|permission/i, `the message says why: ${stderr}`);
+  assert.ok(ours[0]!.includes(`--allow-fs-read=${configFile}`) || stderr.includes(`--allow-fs-read=${configFile}`), `the message names the flag that grants it: ${stderr}`);
   assert.doesNotMatch(stderr, /^\s+at /m, `a stack trace instead of a message: ${stderr}`);
   assert.doesNotMatch(stderr, /node:internal|Error \[ERR_/, `a crash instead of a message: ${stderr}`);
   assert.equal(proc.stdout(), '', 'no start line: it never listened');
