@@ -33,7 +33,7 @@ if (!bun) {
   process.exit(0);
 }
 console.log(`bun pass: running the end-to-end tests against ${bun} dist/main.js`);
-const run = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-force-exit', ...E2E_FILES], {
+const run = spawnSync(process.execPath, ['--import', 'tsx', '--test', ...E2E_FILES], {
   stdio: 'inherit',
   env: { ...process.env, GATEWAY_RUNTIME: bun },
 });
