@@ -56,13 +56,14 @@ export function verifierOptions(config: GatewayConfig, keysOf: (issuer: IssuerCo
   return { issuers, clockSkewSeconds, maxAgeSeconds, maxTokenBytes, cacheSize };
 }
 
-// Claims objects are made once per verified token (a cache hit hands back the same one): its hash is computed once too.
-const tokenHashes = new WeakMap<Claims, string>();
+// Claims objects are made once per verified token (a cache hit hands back the same one): its hash is computed once too,
+// and kept with the token text it is of, so it is never written for another.
+const tokenHashes = new WeakMap<Claims, { readonly token: string; readonly hash: string }>();
 function tokenSha256(token: string, claims: Claims | undefined): string {
   const known = claims && tokenHashes.get(claims);
-  if (known) return known;
+  if (known && known.token === token) return known.hash;
   const hash = createHash('sha256').update(token).digest('hex');
-  if (claims) tokenHashes.set(claims, hash);
+  if (claims) tokenHashes.set(claims, { token, hash });
   return hash;
 }
 
