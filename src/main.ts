@@ -112,7 +112,7 @@ async function main(): Promise<void> {
   // Signals are handled from here on: a SIGHUP while binding must not end the process (its default action).
   let stopping = false;
   const stop = (signal: string) => {
-    if (stopping) return;
+    if (stopping) return void listeners.close(0);
     stopping = true;
     const { drainMs, drainGraceMs } = config.timeouts;
     log({ kind: 'stop', signal, drainMs, drainGraceMs });

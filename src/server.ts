@@ -15,10 +15,8 @@ export interface Listeners {
   listen(): Promise<{ port: number; adminPort: number }>;
   /** Applies a reloaded config's client timeouts (the addresses stay as bound). */
   configure(config: GatewayConfig): void;
-  /**
-   * Turns readiness false; keeps accepting for `graceMs`, every answer asking the client to close; then stops accepting,
-   * lets in-flight requests and tunnels finish for up to `drainMs`, and cuts the rest.
-   */
+  /** Turns readiness false; keeps accepting for `graceMs`, every answer asking the client to close (a second call ends the
+   *  grace); then stops accepting, lets in-flight requests and tunnels finish for up to `drainMs`, and cuts the rest. */
   close(drainMs: number, graceMs?: number): Promise<void>;
 }
 
@@ -50,6 +48,7 @@ export function createListeners(gateway: Gateway, config: GatewayConfig): Listen
   const adminServer = http.createServer({ maxHeaderSize: MAX_HEADER_BYTES, headersTimeout: 5_000, requestTimeout: 10_000 });
   adminServer.on('request', (req, res) => gateway.admin(req, res));
 
+  let grace: AbortController | undefined;
   // once() rejects if 'error' (such as EADDRINUSE) comes first.
   const bind = async (server: Server, host: string, port: number) => {
     await once(server.listen(port, host), 'listening');
@@ -67,11 +66,14 @@ export function createListeners(gateway: Gateway, config: GatewayConfig): Listen
     },
     configure,
     async close(drainMs, graceMs = 0) {
+      // A second signal (Ctrl-C twice) asks to stop now: it ends the grace, the drain still bounds what follows.
+      if (grace) return grace.abort();
+      grace = new AbortController();
       // Readiness goes false at once; the admin listener stays up through the drain so probes can see it.
       gateway.drain();
       // Closing the listener refuses connections a balancer may already have sent a request on, and closing idle ones
       // may cut a request being written: neither is retried for a POST. A balancer that follows /readyz stops in time.
-      if (graceMs > 0) await sleep(graceMs);
+      if (graceMs > 0) await sleep(graceMs, undefined, { signal: grace.signal }).catch(() => {});
       const closed = new Promise((resolve) => publicServer.close(resolve));
       // server.close() waits for keep-alive sockets: close the idle ones as in-flight exchanges end.
       const sweep = setInterval(() => publicServer.closeIdleConnections(), 100);

@@ -231,6 +231,21 @@ test('drainGraceMs: on SIGTERM /readyz turns 503 at once, yet for the grace the 
   assert.deepEqual([stop.drainGraceMs, stop.drainMs], [GRACE, 2_000]);
 });
 
+test('a second SIGTERM during a long drainGraceMs ends the grace at once: the process drains and exits 0 long before the grace would have ended', { timeout: 20_000 }, async () => {
+  const issuer = await startIssuer({ keys: [key.jwk] });
+  cleanups.push(() => issuer.close());
+  const gw = await gateway({ issuers: [{ issuer: issuer.issuer, audience: AUDIENCE }], routes: [{ path: '/api', upstream: 'http://127.0.0.1:9/', allow: [RULE] }], timeouts: { drainGraceMs: 60_000 } });
+  gw.process.child.kill('SIGTERM');
+  await waitUntil(async () => (await get(`${gw.adminUrl}/readyz`)).status === 503, 2_000);
+  // Within the grace: still accepting.
+  assert.equal((await get(`${gw.url}/nowhere`)).status, 404);
+  const second = Date.now();
+  gw.process.child.kill('SIGTERM');
+  assert.deepEqual(await gw.process.exited, { code: 0, signal: null });
+  assert.ok(Date.now() - second < 3_000, `exited ${Date.now() - second} ms after the second signal, with a grace of 60 s`);
+  assert.equal(gw.logs().filter((l) => l.kind === 'stop').length, 1, 'one stop line: the second signal only shortens the stop under way');
+});
+
 test('keepAliveMs: an idle client connection is closed by the gateway after it (and Keep-Alive says so); before it, the connection is reused', { timeout: 20_000 }, async () => {
   const issuer = await startIssuer({ keys: [key.jwk] });
   cleanups.push(() => issuer.close());
