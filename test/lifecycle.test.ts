@@ -54,6 +54,18 @@ async function gateway(config: Record<string, unknown>): Promise<RunningGateway>
   return gw;
 }
 
+const GET_NOWHERE = 'GET /nowhere HTTP/1.1\r\nHost: gateway\r\n\r\n';
+
+/** A raw keep-alive connection to the gateway: what it has received so far, and when the gateway closed it (0: open). */
+function rawClient(port: number) {
+  const socket = connect(port, '127.0.0.1');
+  cleanups.push(async () => socket.destroy());
+  const seen = { text: '', closedAt: 0 };
+  socket.setEncoding('latin1').on('data', (c: string) => (seen.text += c));
+  socket.on('close', () => (seen.closedAt = Date.now()));
+  return { socket, seen };
+}
+
 /** Rewrites the running gateway's config file (ports as startGateway bound them) and sends SIGHUP. */
 function reload(gw: RunningGateway, config: Record<string, unknown> | string): void {
   const text = typeof config === 'string' ? config : JSON.stringify({ listen: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 }, ...config });
@@ -164,23 +176,18 @@ test('on SIGTERM an idle keep-alive connection is closed at once, and a keep-ali
   assert.notEqual(first.headers.connection, 'close', 'before the drain the connection is kept');
 
   // A second client, idle on a kept-alive connection when the signal comes.
-  const idle = connect(gw.port, '127.0.0.1');
-  cleanups.push(async () => idle.destroy());
-  let idleText = '';
-  let idleClosedAt = 0;
-  idle.setEncoding('latin1').on('data', (c: string) => (idleText += c));
-  idle.on('close', () => (idleClosedAt = Date.now()));
-  idle.write('GET /nowhere HTTP/1.1\r\nHost: gateway\r\n\r\n');
-  await waitUntil(() => idleText.includes('route_unknown'), 5_000);
-  assert.match(idleText, /^HTTP\/1\.1 404 /);
+  const idle = rawClient(gw.port);
+  idle.socket.write(GET_NOWHERE);
+  await waitUntil(() => idle.seen.text.includes('route_unknown'), 5_000);
+  assert.match(idle.seen.text, /^HTTP\/1\.1 404 /);
 
   const during = request(`${gw.url}/api/during`, { headers: auth, agent: keepAlive });
   during.req.end();
   await waitUntil(() => heads === 2, 5_000);
   const signalled = Date.now();
   gw.process.child.kill('SIGTERM');
-  await waitUntil(() => idleClosedAt > 0, 2_000);
-  assert.ok(idleClosedAt - signalled < 400, `the idle connection was closed ${idleClosedAt - signalled} ms after the signal, before the slow response`);
+  await waitUntil(() => idle.seen.closedAt > 0, 2_000);
+  assert.ok(idle.seen.closedAt - signalled < 400, `the idle connection was closed ${idle.seen.closedAt - signalled} ms after the signal, before the slow response`);
   const answer = await during.answer;
   assert.equal(answer.status, 200);
   assert.equal(answer.body, 'late');
@@ -250,22 +257,17 @@ test('keepAliveMs: an idle client connection is closed by the gateway after it (
   const issuer = await startIssuer({ keys: [key.jwk] });
   cleanups.push(() => issuer.close());
   const gw = await gateway({ issuers: [{ issuer: issuer.issuer, audience: AUDIENCE }], routes: [{ path: '/api', upstream: 'http://127.0.0.1:9/', allow: [RULE] }], timeouts: { keepAliveMs: 1_000 } });
-  const socket = connect(gw.port, '127.0.0.1');
-  cleanups.push(async () => socket.destroy());
-  let text = '';
-  let closedAt = 0;
-  socket.setEncoding('latin1').on('data', (c: string) => (text += c));
-  socket.on('close', () => (closedAt = Date.now()));
-  socket.write('GET /nowhere HTTP/1.1\r\nHost: gateway\r\n\r\n');
-  await waitUntil(() => text.split('route_unknown').length === 2, 2_000);
+  const { socket, seen } = rawClient(gw.port);
+  socket.write(GET_NOWHERE);
+  await waitUntil(() => seen.text.split('route_unknown').length === 2, 2_000);
   await new Promise((r) => setTimeout(r, 500));
-  socket.write('GET /nowhere HTTP/1.1\r\nHost: gateway\r\n\r\n');
-  await waitUntil(() => text.split('route_unknown').length === 3, 2_000);
+  socket.write(GET_NOWHERE);
+  await waitUntil(() => seen.text.split('route_unknown').length === 3, 2_000);
   const idleFrom = Date.now();
-  assert.equal(closedAt, 0, 'reused within keepAliveMs');
-  assert.match(text, /\r\nkeep-alive: timeout=1\r\n/i);
-  await waitUntil(() => closedAt > 0, 5_000);
-  const idle = closedAt - idleFrom;
+  assert.equal(seen.closedAt, 0, 'reused within keepAliveMs');
+  assert.match(seen.text, /\r\nkeep-alive: timeout=1\r\n/i);
+  await waitUntil(() => seen.closedAt > 0, 5_000);
+  const idle = seen.closedAt - idleFrom;
   assert.ok(idle >= 900 && idle < 3_000, `closed after ${idle} ms idle with keepAliveMs 1000`);
 });
 
