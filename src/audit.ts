@@ -24,8 +24,7 @@ const identities = new WeakMap<Claims, Readonly<Record<string, string>>>();
 export function identityOf(claims: Claims): Readonly<Record<string, string>> {
   const known = identities.get(claims);
   if (known) return known;
-  const entries = IDENTITY_CLAIMS.map((name) => [name, claimText(claims, name)]).filter(([, v]) => v !== undefined);
-  const identity = Object.freeze(Object.fromEntries(entries));
+  const identity = Object.freeze(Object.fromEntries(IDENTITY_CLAIMS.map((n) => [n, claimText(claims, n)]).filter(([, v]) => v !== undefined)));
   identities.set(claims, identity);
   return identity;
 }

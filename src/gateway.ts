@@ -194,9 +194,7 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
     listening: (ports) => proxyMode.listening(ports),
     admin(req, res) {
       const path = (req.url ?? '').split('?')[0];
-      const send = (status: number, body: string, type = 'application/json') => {
-        res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' }).end(body);
-      };
+      const send = (status: number, body: string, type = 'application/json') => void res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' }).end(body);
       if (path === '/healthz') return send(200, '{"status":"ok"}');
       const issuers = new Map([...plan.keySets].map(([name, k]) => [name, k.status()]));
       const snapshot = { issuers, tunnelsOpen: proxyMode.open(), ready: ready(), now: (opts.now ?? Date.now)(), tokenCache };

@@ -106,7 +106,11 @@ async function main(): Promise<void> {
   const runtime = checkRuntime();
   // A closed stdout (the log collector went away) must not take the gateway down with it.
   process.stdout.on('error', () => {});
-  const log = jsonLines((text) => process.stdout.write(text), () => config.log.level);
+  // One write per event-loop turn, not per line (a write costs about what the line's JSON does); at most 64 KiB, the rest at exit.
+  let pending = '';
+  const flush = () => (pending !== '' && process.stdout.write(pending), (pending = ''));
+  process.on('exit', flush);
+  const log = jsonLines((text) => (pending === '' && setImmediate(flush), (pending += text).length > 65_536 && flush()), () => config.log.level);
   const gateway = createGateway(config, { log });
   const listeners = createListeners(gateway, config);
   // Signals are handled from here on: a SIGHUP while binding must not end the process (its default action).
