@@ -132,7 +132,7 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
 
     if (expectsContinue) res.writeContinue();
     const headers = upstreamHeaders(req.rawHeaders, {
-      ...to,
+      claims: to.claims, forwardClaims: to.forwardClaims,
       tokenHeader: p.config.token.header,
       upstreamHost: to.authority ?? to.upstream.host,
       requestedHost: to.authority,
@@ -141,7 +141,7 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
       requestId: ex.id,
       bodyFraming: head.bodyFraming,
     });
-    ex.settle(await forward(req, res, { ...to, headers, timeouts: p.config.timeouts, hasBody: head.hasBody }));
+    ex.settle(await forward(req, res, { upstream: to.upstream, agent: to.agent, path: to.path, headers, timeouts: p.config.timeouts, hasBody: head.hasBody }));
   }
 
   /** Target, route, method, token, claims: where the request goes, or nothing once it was answered. */

@@ -82,10 +82,7 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
         settle(headSent ? 'upstream_reset' : 'upstream_unreachable');
       });
       // We strip Upgrade, so an unsolicited 101 is a broken or hostile upstream (Node reports it here, not as a response).
-      out.on('upgrade', (_res, socket) => {
-        socket.destroy();
-        settle('upstream_unreachable');
-      });
+      out.on('upgrade', (_res, socket) => (socket.destroy(), settle('upstream_unreachable')));
       out.on('response', (upstreamRes) => answer(upstreamRes));
       if (o.hasBody) req.pipe(out);
       else out.end();
