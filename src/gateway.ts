@@ -78,13 +78,11 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
   const tokenCache = { hits: 0, misses: 0 };
   let started = false;
   let draining = false;
-  // Responses not yet answered, so a drain can ask them to close; exchanges not yet logged, so a stop can wait for them.
-  // Slots and a count, not Sets: a Set's table is rebuilt as requests come and go, and V8 keeps what a discarded table
-  // pointed to alive through young-generation GCs, so whole requests were promoted (a third of the gateway's CPU in (a)).
+  // Responses not yet answered (a drain asks them to close), and how many exchanges are not yet logged (a stop waits). Not
+  // Sets: V8 keeps what a Set's discarded tables pointed to alive through young-generation GCs, promoting whole requests.
   const inflight: (ServerResponse | undefined)[] = [];
   const freeSlots: number[] = [];
-  let unlogged = 0;
-  let allLogged = () => {};
+  let unlogged = 0, allLogged = () => {};
   const track = (exchange: Promise<unknown>) => (unlogged++, void exchange.finally(() => --unlogged === 0 && allLogged()));
   let plan = compile(initial);
 
