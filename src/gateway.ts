@@ -211,9 +211,7 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
       await Promise.all([...plan.keySets.values()].map((k) => k.start()));
     },
     // Pools of upstreams no route names any more are kept, not cut under requests still using them, until stop().
-    reload(config) {
-      plan = compile(config);
-    },
+    reload: (config) => void (plan = compile(config)),
     drain() {
       draining = true;
       for (const res of inflight) if (res && !res.headersSent) res.setHeader('connection', 'close');
