@@ -82,8 +82,8 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
   // Sets: V8 keeps what a Set's discarded tables pointed to alive through young-generation GCs, promoting whole requests.
   const inflight: (ServerResponse | undefined)[] = [];
   const freeSlots: number[] = [];
-  let unlogged = 0, allLogged = () => {};
-  const track = (exchange: Promise<unknown>) => (unlogged++, void exchange.finally(() => --unlogged === 0 && allLogged()));
+  let unlogged = 0, waiting: (() => void)[] = [];
+  const track = (exchange: Promise<unknown>) => (unlogged++, void exchange.finally(() => --unlogged === 0 && waiting.splice(0).forEach((wake) => wake())));
   let plan = compile(initial);
 
   function compile(config: GatewayConfig): Plan {
@@ -221,7 +221,7 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
       for (const a of agents.values()) a.destroy();
       await proxyMode.stop();
       // Exchanges cut at the drain deadline still write their audit lines, some after a key fetch: wait for them, within bounds.
-      await Promise.race([new Promise<void>((resolve) => (unlogged === 0 ? resolve() : (allLogged = resolve))), sleep(plan.config.keys.fetchTimeoutMs + 1_000, undefined, { ref: false })]);
+      await Promise.race([new Promise<void>((resolve) => (unlogged === 0 ? resolve() : waiting.push(resolve))), sleep(plan.config.keys.fetchTimeoutMs + 1_000, undefined, { ref: false })]);
     },
     ready,
   };

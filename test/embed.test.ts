@@ -3,7 +3,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { generateRsaKey, signToken, startIssuer, startRecorder, type Issuer, type Recorder, type TestKey } from './helpers.ts';
+import { generateRsaKey, httpGet, signToken, startIssuer, startRecorder, waitUntil, type Issuer, type Recorder, type TestKey } from './helpers.ts';
 
 let key: TestKey;
 let issuer: Issuer;
@@ -48,4 +48,49 @@ test('a host program can mount the gateway in its own server', async () => {
   const denied = await fetch(url, { headers: { 'gateway-authorization': signToken({ alg: 'RS256', kid: 'k1' }, { ...claims, repository: 'octo-org/other' }, key.privateKey) } });
   assert.equal(denied.status, 403);
   assert.equal(upstream.hits(), hits);
+});
+
+test('drain() asks a response still waiting on its upstream to close, and two overlapping stop() calls both resolve as soon as the exchange they wait for is logged', { timeout: 10_000 }, async () => {
+  const lib = (await import('oidc-gateway')) as typeof import('../src/index.ts');
+  const answers: (() => void)[] = [];
+  // Each answer closes its connection, so the second request is not on a reused socket (which a reset would send again).
+  const held = await startRecorder((_req, res) => answers.push(() => res.writeHead(200, { connection: 'close' }).end('late')));
+  const parsed = lib.parseConfig({
+    issuers: [{ issuer: issuer.issuer, audience: 'aud' }],
+    routes: [{ path: '/held', upstream: held.url, allow: [{ repository: 'octo-org/octo-repo' }] }],
+  });
+  assert.ok(parsed.ok);
+  const lines: Record<string, unknown>[] = [];
+  const gateway = lib.createGateway(parsed.config, { log: (line) => lines.push(line) });
+  await gateway.start();
+  const host = http.createServer((req, res) => gateway.handle(req, res));
+  await new Promise<void>((resolve) => host.listen(0, '127.0.0.1', resolve));
+  try {
+    const url = `http://127.0.0.1:${(host.address() as AddressInfo).port}/held/x`;
+    const now = Math.floor(Date.now() / 1000);
+    const token = signToken({ alg: 'RS256', kid: 'k1' }, { iss: issuer.issuer, aud: 'aud', exp: now + 60, repository: 'octo-org/octo-repo' }, key.privateKey);
+    const headers = { 'gateway-authorization': token, connection: 'keep-alive' };
+
+    const first = httpGet(url, headers);
+    await waitUntil(() => answers.length === 1);
+    gateway.drain();
+    answers[0]!();
+    const drained = await first;
+    assert.equal(drained.status, 200);
+    assert.equal(drained.body, 'late');
+    assert.equal(drained.headers.connection, 'close');
+
+    const second = httpGet(url, headers);
+    await waitUntil(() => answers.length === 2);
+    const began = Date.now();
+    // Without a waiter each, the first call would wait out the bound (the key fetch timeout plus 1 s, 6 s here).
+    await Promise.all([gateway.stop(), gateway.stop()]);
+    assert.ok(Date.now() - began < 3_000, `stop() took ${Date.now() - began} ms`);
+    assert.equal((await second).status, 502);
+    assert.deepEqual(lines.filter((l) => l.kind === 'request').map((l) => l.status), [200, 502]);
+  } finally {
+    host.closeAllConnections();
+    await new Promise((resolve) => host.close(resolve));
+    await held.close();
+  }
 });
