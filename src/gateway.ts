@@ -76,13 +76,13 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
   const agentFor = (upstream: URL) => agents.get(upstream.origin) ?? agents.set(upstream.origin, createAgent(upstream)).get(upstream.origin)!;
   const proxyMode = createProxyMode(log);
   const tokenCache = { hits: 0, misses: 0 };
-  let started = false;
-  let draining = false;
+  let started = false, draining = false;
   // Responses not yet answered (a drain asks them to close), and how many exchanges are not yet logged (a stop waits). Not
   // Sets: V8 keeps what a Set's discarded tables pointed to alive through young-generation GCs, promoting whole requests.
   const inflight: (ServerResponse | undefined)[] = [];
   const freeSlots: number[] = [];
-  let unlogged = 0, waiting: (() => void)[] = [];
+  const waiting: (() => void)[] = [];
+  let unlogged = 0;
   const track = (exchange: Promise<unknown>) => (unlogged++, void exchange.finally(() => --unlogged === 0 && waiting.splice(0).forEach((wake) => wake())));
   let plan = compile(initial);
 
