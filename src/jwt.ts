@@ -113,9 +113,8 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
     // 5. claims, now that they are known to come from the issuer
     const reason = checkClaims(payload, trusted, now() / 1000, skew, maxAge);
     if (reason) return fail(reason);
-    const claims = freezeClaims(payload);
-    if (cacheSize > 0 && cache.set(token, { kid, key, trusted, claims }).size > cacheSize) cache.delete(cache.keys().next().value!);
-    return { ok: true, claims };
+    if (cacheSize > 0 && cache.set(token, { kid, key, trusted, claims: payload }).size > cacheSize) cache.delete(cache.keys().next().value!);
+    return { ok: true, claims: payload };
   };
 }
 
@@ -135,17 +134,20 @@ function checkClaims(p: Record<string, unknown>, trusted: TrustedIssuer, nowSeco
 
 const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
 
-/** Decodes one segment to a JSON object, or undefined for anything else. */
+/** Decodes one segment to a JSON object (null-prototype, frozen through and through), or undefined for anything else. */
 function parseObject(segment: string): Record<string, unknown> | undefined {
   const bytes = decodeBase64url(segment);
   if (!bytes || bytes.length === 0) return undefined;
   try {
-    // Every nested object and array frozen too: cached claims are shared by the requests that carry the token.
-    const value: unknown = JSON.parse(utf8.decode(bytes), (_key, v: unknown) => (typeof v === 'object' && v !== null ? Object.freeze(v) : v));
-    return isObject(value) ? value : undefined;
+    const value: unknown = JSON.parse(utf8.decode(bytes));
+    if (!isObject(value)) return undefined;
+    // JSON.parse makes "__proto__" an own property: with no prototype it stays a harmless claim name. Nested values are frozen
+    // too, as a cached token's claims are shared by its requests: by a list (no depth exhausts the stack), not a slow reviver.
+    const todo: object[] = [Object.setPrototypeOf(value, null)];
+    for (let o = todo.pop(); o; o = todo.pop()) for (const v of Object.values(Object.freeze(o))) if (typeof v === 'object' && v !== null) todo.push(v);
+    return value;
   } catch {
-    // Invalid UTF-8, invalid JSON, or nesting deeper than the parser's stack.
-    return undefined;
+    return undefined; // invalid UTF-8 or invalid JSON
   }
 }
 
@@ -153,6 +155,3 @@ export const isObject = (v: unknown): v is Record<string, unknown> => typeof v =
 
 /** An own member, or undefined: nothing inherited (such as `constructor`) is ever read as a claim or a key member. */
 export const own = (o: Readonly<Record<string, unknown>>, name: string): unknown => (Object.hasOwn(o, name) ? o[name] : undefined);
-
-// JSON.parse makes "__proto__" an own property; defined by descriptor on a null-prototype object it stays a harmless claim name.
-const freezeClaims = (p: Record<string, unknown>): Claims => Object.freeze(Object.defineProperties(Object.create(null), Object.getOwnPropertyDescriptors(p)));

@@ -326,14 +326,15 @@ test('with the cap raised, a signed token carrying a 100,000-deep claim resolves
   assert.ok(result.ok || result.reason === 'token_malformed', result.ok ? 'accepted' : result.reason);
 });
 
-test('a deeply nested claim within the size cap is accepted with its structure intact', async () => {
+test('a deeply nested claim within the size cap is accepted with its structure intact, frozen at every level', async () => {
   const depth = 2_500;
   const json = JSON.stringify(claimsWith()).slice(0, -1) + ',"deep":' + '['.repeat(depth) + ']'.repeat(depth) + '}';
   const token = assemble(encodeSegment(headerWith()), encodeText(json));
   assert.ok(token.length <= 8192);
   const claims = await accepted(token);
   let level = 0;
-  for (let v = claims.deep; Array.isArray(v); v = v[0]) level++;
+  // Frozen at every level: the walk that freezes nested values reaches the bottom.
+  for (let v = claims.deep; Array.isArray(v); v = v[0]) level += Object.isFrozen(v) ? 1 : 0;
   assert.equal(level, depth);
 });
 
