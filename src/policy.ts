@@ -8,8 +8,9 @@ export type Rule = Readonly<Record<string, string | readonly string[]>>;
 /** A pattern split on `*`: one piece means an exact match. */
 type Glob = readonly string[];
 
-type CompiledRule = readonly { readonly name: string; readonly alternatives: readonly Glob[] }[];
-export type Policy = readonly CompiledRule[];
+type CompiledRule = readonly { readonly name: string; readonly at: number; readonly alternatives: readonly Glob[] }[];
+/** Rules whose claims point into `names`, so a request reads each claim once however many rules name it. */
+export type Policy = { readonly names: readonly string[]; readonly rules: readonly CompiledRule[] };
 
 // A rule must say whose workflows may come in: one on aud or ref alone admits every workflow on GitHub. Ids and owners
 // must be exact; path-like claims must fix the owner ("octo-org/..."), so "*/repo" or "octo*" (octo-evil) do not pin.
@@ -35,23 +36,25 @@ export function matchGlob(glob: Glob, value: string): boolean {
 }
 
 export function compilePolicy(rules: readonly Rule[]): Policy {
-  return rules.map((rule) => Object.keys(rule).map((name) => ({ name, alternatives: patternsOf(rule[name]!).map(compileGlob) })));
+  const names = [...new Set(rules.flatMap((rule) => Object.keys(rule)))];
+  return { names, rules: rules.map((rule) => Object.keys(rule).map((name) => ({ name, at: names.indexOf(name), alternatives: patternsOf(rule[name]!).map(compileGlob) }))) };
 }
 
 /** The first rule that admits the claims, or the first claim that kept the first rule out. */
 export function evaluate(policy: Policy, claims: Claims): { allowed: true; rule: number } | { allowed: false; claim: string } {
+  const values = policy.names.map((name) => claimText(claims, name));
   let failed: string | undefined;
-  for (let r = 0; r < policy.length; r++) {
-    const miss = firstMismatch(policy[r]!, claims);
+  for (let r = 0; r < policy.rules.length; r++) {
+    const miss = firstMismatch(policy.rules[r]!, values);
     if (miss === undefined) return { allowed: true, rule: r };
     failed ??= miss;
   }
   return { allowed: false, claim: failed ?? '' };
 }
 
-function firstMismatch(rule: CompiledRule, claims: Claims): string | undefined {
-  for (const { name, alternatives } of rule) {
-    const value = claimText(claims, name);
+function firstMismatch(rule: CompiledRule, values: readonly (string | undefined)[]): string | undefined {
+  for (const { name, at, alternatives } of rule) {
+    const value = values[at];
     if (value === undefined || !alternatives.some((g) => matchGlob(g, value))) return name;
   }
   return undefined;
@@ -62,8 +65,9 @@ export type RuleMiss = { readonly claim: string; readonly value: string | undefi
 
 /** For each rule, the first claim that kept it out with the value and the patterns side by side; null where the rule admits. */
 export function explainPolicy(policy: Policy, claims: Claims): (RuleMiss | null)[] {
-  return policy.map((rule) => {
-    const claim = firstMismatch(rule, claims);
+  const values = policy.names.map((name) => claimText(claims, name));
+  return policy.rules.map((rule) => {
+    const claim = firstMismatch(rule, values);
     if (claim === undefined) return null;
     const patterns = rule.find((c) => c.name === claim)!.alternatives.map((g) => g.join('*'));
     return { claim, value: claimText(claims, claim), patterns };

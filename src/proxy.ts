@@ -34,9 +34,8 @@ export function createAgent(upstream: URL): http.Agent {
 /** Forwards `req` and streams the answer into `res`. Resolves once both sides are done; never rejects. */
 export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOptions): Promise<ForwardOutcome> {
   return new Promise((resolve) => {
-    let bytesIn = 0, bytesOut = 0;
+    let bytesIn = 0, bytesOut = 0, headSent = false;
     let upstreamStatus: number | undefined;
-    let headSent = false;
     let timer: ReturnType<typeof setTimeout> | undefined;
 
     // Only the first outcome counts: resolve ignores later calls.
@@ -45,10 +44,7 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
       resolve({ reason, headSent, upstreamStatus, bytesIn, bytesOut });
     };
     // Our own timeouts destroy the request with a reason, so the error path knows 504 from 502.
-    const giveUp = (reason: Reason) => () => {
-      out.destroy();
-      settle(reason);
-    };
+    const giveUp = (reason: Reason) => () => (out.destroy(), settle(reason));
 
     // A request without a body, of an idempotent method (RFC 9110 §9.2.2), that fails on a pooled socket before any
     // answer is sent once more on a new connection: the upstream may have closed the socket as we reused it.

@@ -699,7 +699,7 @@ test('__proto__ in the payload stays an ordinary own claim of a frozen, null-pro
   assert.equal(({} as Json).admin, undefined, 'Object.prototype was polluted');
 });
 
-test('verified claims are a frozen, null-prototype copy with nothing inherited', async () => {
+test('verified claims are a frozen, null-prototype object with nothing inherited', async () => {
   const claims = await accepted(mint());
   assert.equal(Object.getPrototypeOf(claims), null);
   assert.ok(Object.isFrozen(claims));

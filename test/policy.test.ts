@@ -3,12 +3,9 @@ import assert from 'node:assert/strict';
 import type { Claims } from '../src/jwt.ts';
 import { checkRule, claimText, compileGlob, compilePolicy, evaluate, matchGlob, ruleWarnings, type Rule } from '../src/policy.ts';
 
-// Claims as the verifier hands them over: null-prototype, frozen, own
-// properties only (the same copy jwt.ts makes with defineProperty).
+// Claims as the verifier hands them over: the parsed payload with its prototype set to null, frozen (as jwt.ts does).
 function verified(payload: Record<string, unknown>): Claims {
-  const claims = Object.create(null) as Record<string, unknown>;
-  for (const name of Object.keys(payload)) Object.defineProperty(claims, name, { value: payload[name], enumerable: true });
-  return Object.freeze(claims);
+  return Object.freeze(Object.setPrototypeOf(JSON.parse(JSON.stringify(payload)), null) as Record<string, unknown>);
 }
 
 const glob = (pattern: string, value: string) => matchGlob(compileGlob(pattern), value);
@@ -226,6 +223,14 @@ test('when no rule admits, the first failing claim of the first rule is reported
   assert.deepEqual(evaluate(policy, verified({ repository: 'octo-org/octo-repo', ref: 'refs/heads/dev' })), { allowed: false, claim: 'ref' });
   assert.deepEqual(evaluate(policy, verified({ repository: 'octo-org/octo-repo', ref: 'refs/heads/main' })), { allowed: false, claim: 'environment' });
   assert.deepEqual(evaluate(policy, verified({})), { allowed: false, claim: 'repository' });
+});
+
+test('a claim that many rules name is read once per evaluation, not once per rule', () => {
+  let reads = 0;
+  const claims = Object.freeze(Object.defineProperty(Object.create(null), 'repository', { get: () => (reads++, 'octo-org/octo-repo'), enumerable: true })) as Claims;
+  const policy = compilePolicy([...Array.from({ length: 100 }, (_, i) => ({ repository: `octo-org/repo-${i}` })), { repository: 'octo-org/octo-repo' }]);
+  assert.deepEqual(evaluate(policy, claims), { allowed: true, rule: 100 });
+  assert.equal(reads, 1);
 });
 
 test('a policy with no rules admits no one', () => {
