@@ -4,6 +4,5 @@
 export function decodeBase64url(text: string): Buffer | undefined {
   if (text.length % 4 === 1 || !/^[A-Za-z0-9_-]*$/.test(text)) return undefined;
   const bytes = Buffer.from(text, 'base64url');
-  // Non-zero unused trailing bits decode "successfully" but do not round-trip.
   return bytes.toString('base64url') === text ? bytes : undefined;
 }

@@ -5,10 +5,7 @@ import type { Claims } from './jwt.js';
 import { claimText } from './policy.js';
 
 // Hop-by-hop headers (RFC 9110 §7.6.1), plus Proxy-Connection, which old clients still send.
-const HOP_BY_HOP = new Set([
-  'connection', 'proxy-connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization',
-  'te', 'trailer', 'transfer-encoding', 'upgrade',
-]);
+const HOP_BY_HOP = new Set(['connection', 'proxy-connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
 
 const FRAMING = new Set(['content-length', 'transfer-encoding', 'host']);
 

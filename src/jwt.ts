@@ -111,7 +111,7 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
     }
 
     // 5. claims, now that they are known to come from the issuer
-    const reason = checkClaims(payload, trusted, now() / 1000, skew, maxAge);
+    const reason = checkClaims(payload, trusted, now() / 1000, skew, maxAge) ?? (freezeClaims(payload) ? undefined : 'token_malformed');
     if (reason) return fail(reason);
     if (cacheSize > 0 && cache.set(token, { kid, key, trusted, claims: payload }).size > cacheSize) cache.delete(cache.keys().next().value!);
     return { ok: true, claims: payload };
@@ -134,18 +134,22 @@ function checkClaims(p: Record<string, unknown>, trusted: TrustedIssuer, nowSeco
 
 const isTime = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
 
-/** Decodes one segment to a JSON object (null-prototype, frozen through and through), or undefined for anything else. */
+// A cached token's claims are shared by its requests, so all of them are frozen: once signed (unsigned input costs no more
+// than its parse), level by level (no depth exhausts the stack), and refused past 32 levels (GitHub's claims are flat).
+function freezeClaims(payload: object): boolean {
+  let level = [payload];
+  for (let depth = 0; level.length > 0 && depth <= 32; depth++) level = level.flatMap((o) => Object.values(Object.freeze(o)).filter((v): v is object => typeof v === 'object' && v !== null));
+  return level.length === 0;
+}
+
+/** Decodes one segment to a null-prototype JSON object, or undefined for anything else. */
 function parseObject(segment: string): Record<string, unknown> | undefined {
   const bytes = decodeBase64url(segment);
   if (!bytes || bytes.length === 0) return undefined;
   try {
     const value: unknown = JSON.parse(utf8.decode(bytes));
-    if (!isObject(value)) return undefined;
-    // JSON.parse makes "__proto__" an own property: with no prototype it stays a harmless claim name. Nested values are frozen
-    // too, as a cached token's claims are shared by its requests: by a list (no depth exhausts the stack), not a slow reviver.
-    const todo: object[] = [Object.setPrototypeOf(value, null)];
-    for (let o = todo.pop(); o; o = todo.pop()) for (const v of Object.values(Object.freeze(o))) if (typeof v === 'object' && v !== null) todo.push(v);
-    return value;
+    // JSON.parse makes "__proto__" an own property: with no prototype it stays a harmless claim name.
+    return isObject(value) ? (Object.setPrototypeOf(value, null) as Record<string, unknown>) : undefined;
   } catch {
     return undefined; // invalid UTF-8 or invalid JSON
   }

@@ -210,6 +210,8 @@ function judge(token: string, headerBytes: Buffer, payloadBytes: Buffer, signer:
   } else {
     return never;
   }
+  // Claim values nest at most 32 levels below the payload (the payload's own level counted, 33).
+  if (nesting(claims) > 33) return never;
   const admitted: Outcome = policyAdmits(claims) ? 'accept' : 'deny';
   const valid: ReadonlySet<Outcome> = new Set<Outcome>(loose ? [admitted, 'refuse'] : [admitted]);
   return (now) => {
@@ -218,6 +220,14 @@ function judge(token: string, headerBytes: Buffer, payloadBytes: Buffer, signer:
     if ((nbf !== undefined && (nbf as number) > now + ctx.skew) || (iat !== undefined && (iat as number) > now + ctx.skew)) return REFUSE;
     return valid;
   };
+}
+
+/** How many levels of objects and arrays a value is: 0 for a string or number, 1 for [] or {}, 2 for [[]]. */
+function nesting(v: unknown): number {
+  if (typeof v !== 'object' || v === null) return 0;
+  let below = 0;
+  for (const child of Object.values(v)) below = Math.max(below, nesting(child));
+  return 1 + below;
 }
 
 // ---------------------------------------------------------------- tokens: signed variants
@@ -1042,7 +1052,8 @@ const NEW_KEYS = ['__proto__', 'constructor', 'prototype', 'toString', 'hasOwnPr
 
 function deep(r: Rng): unknown {
   let v: unknown = r.pick(['x', 1, null, {}, []]);
-  const depth = r.int(100, 3000);
+  // Around the verifier's 32-level limit, or far past it.
+  const depth = r.chance(0.5) ? r.int(28, 36) : r.int(100, 3000);
   for (let i = 0; i < depth; i++) v = r.chance(0.7) ? [v] : { a: v };
   return v;
 }
