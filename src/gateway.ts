@@ -218,7 +218,8 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
     },
     async stop() {
       for (const k of keySetPool.values()) k.stop();
-      for (const a of agents.values()) a.destroy();
+      // In-use sockets are cut with an error first: a plain close looks like the upstream's own, which a GET is resent after.
+      for (const a of agents.values()) (Object.values(a.sockets).flat().forEach((s) => s?.destroy(new Error('gateway stopping'))), a.destroy());
       await proxyMode.stop();
       // Exchanges cut at the drain deadline still write their audit lines, some after a key fetch: wait for them, within bounds.
       await Promise.race([new Promise<void>((resolve) => (unlogged === 0 ? resolve() : waiting.push(resolve))), sleep(plan.config.keys.fetchTimeoutMs + 1_000, undefined, { ref: false })]);

@@ -94,3 +94,48 @@ test('drain() asks a response still waiting on its upstream to close, and two ov
     await held.close();
   }
 });
+
+test('stop() cuts a request waiting on a reused upstream connection without sending it again: 502, one upstream hit, nothing left open', { timeout: 10_000 }, async () => {
+  const lib = (await import('oidc-gateway')) as typeof import('../src/index.ts');
+  const answers: (() => void)[] = [];
+  // Keep-alive answers: the second request goes out on the pooled socket the first one used.
+  const held = await startRecorder((_req, res) => answers.push(() => res.writeHead(200, { 'content-length': '2' }).end('ok')));
+  const parsed = lib.parseConfig({
+    issuers: [{ issuer: issuer.issuer, audience: 'aud' }],
+    routes: [{ path: '/held', upstream: held.url, allow: [{ repository: 'octo-org/octo-repo' }] }],
+  });
+  assert.ok(parsed.ok);
+  const lines: Record<string, unknown>[] = [];
+  const gateway = lib.createGateway(parsed.config, { log: (line) => lines.push(line) });
+  await gateway.start();
+  const host = http.createServer((req, res) => gateway.handle(req, res));
+  await new Promise<void>((resolve) => host.listen(0, '127.0.0.1', resolve));
+  try {
+    const url = `http://127.0.0.1:${(host.address() as AddressInfo).port}/held/x`;
+    const now = Math.floor(Date.now() / 1000);
+    const token = signToken({ alg: 'RS256', kid: 'k1' }, { iss: issuer.issuer, aud: 'aud', exp: now + 60, repository: 'octo-org/octo-repo' }, key.privateKey);
+    const headers = { 'gateway-authorization': token, connection: 'keep-alive' };
+    const first = httpGet(url, headers);
+    await waitUntil(() => answers.length === 1);
+    answers[0]!();
+    assert.equal((await first).status, 200);
+
+    const second = httpGet(url, headers);
+    await waitUntil(() => answers.length === 2);
+    const began = Date.now();
+    // The client's connection stays open: only stop() ends the exchange. A socket it destroys is not an upstream's
+    // reset, so the request is not sent once more on a new connection that would outlive stop().
+    await gateway.stop();
+    assert.ok(Date.now() - began < 3_000, `stop() took ${Date.now() - began} ms`);
+    assert.equal((await second).status, 502);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(held.hits(), 2, 'the cut request was sent again');
+    const open = await new Promise<number>((resolve, reject) => held.server.getConnections((err, n) => (err ? reject(err) : resolve(n))));
+    assert.equal(open, 0);
+    assert.deepEqual(lines.filter((l) => l.kind === 'request').map((l) => [l.status, l.reason]), [[200, undefined], [502, 'upstream_unreachable']]);
+  } finally {
+    host.closeAllConnections();
+    await new Promise((resolve) => host.close(resolve));
+    await held.close();
+  }
+});
