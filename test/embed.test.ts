@@ -50,11 +50,11 @@ test('a host program can mount the gateway in its own server', async () => {
   assert.equal(upstream.hits(), hits);
 });
 
-test('drain() asks a response still waiting on its upstream to close, and two overlapping stop() calls both resolve as soon as the exchange they wait for is logged', { timeout: 10_000 }, async () => {
+/** The gateway mounted in a host server, its one route to an upstream that answers each request only when told. */
+async function mountHeld(answer: (res: http.ServerResponse) => void) {
   const lib = (await import('oidc-gateway')) as typeof import('../src/index.ts');
   const answers: (() => void)[] = [];
-  // Each answer closes its connection, so the second request is not on a reused socket (which a reset would send again).
-  const held = await startRecorder((_req, res) => answers.push(() => res.writeHead(200, { connection: 'close' }).end('late')));
+  const held = await startRecorder((_req, res) => answers.push(() => answer(res)));
   const parsed = lib.parseConfig({
     issuers: [{ issuer: issuer.issuer, audience: 'aud' }],
     routes: [{ path: '/held', upstream: held.url, allow: [{ repository: 'octo-org/octo-repo' }] }],
@@ -65,13 +65,23 @@ test('drain() asks a response still waiting on its upstream to close, and two ov
   await gateway.start();
   const host = http.createServer((req, res) => gateway.handle(req, res));
   await new Promise<void>((resolve) => host.listen(0, '127.0.0.1', resolve));
-  try {
-    const url = `http://127.0.0.1:${(host.address() as AddressInfo).port}/held/x`;
-    const now = Math.floor(Date.now() / 1000);
-    const token = signToken({ alg: 'RS256', kid: 'k1' }, { iss: issuer.issuer, aud: 'aud', exp: now + 60, repository: 'octo-org/octo-repo' }, key.privateKey);
-    const headers = { 'gateway-authorization': token, connection: 'keep-alive' };
+  const now = Math.floor(Date.now() / 1000);
+  const token = signToken({ alg: 'RS256', kid: 'k1' }, { iss: issuer.issuer, aud: 'aud', exp: now + 60, repository: 'octo-org/octo-repo' }, key.privateKey);
+  const url = `http://127.0.0.1:${(host.address() as AddressInfo).port}/held/x`;
+  const get = () => httpGet(url, { 'gateway-authorization': token, connection: 'keep-alive' });
+  const close = async () => {
+    host.closeAllConnections();
+    await new Promise((resolve) => host.close(resolve));
+    await held.close();
+  };
+  return { held, answers, gateway, lines, get, close };
+}
 
-    const first = httpGet(url, headers);
+test('drain() asks a response still waiting on its upstream to close, and two overlapping stop() calls both resolve as soon as the exchange they wait for is logged', { timeout: 10_000 }, async () => {
+  // Each answer closes its connection, so the second request is on a new upstream socket.
+  const { answers, gateway, lines, get, close } = await mountHeld((res) => res.writeHead(200, { connection: 'close' }).end('late'));
+  try {
+    const first = get();
     await waitUntil(() => answers.length === 1);
     gateway.drain();
     answers[0]!();
@@ -80,7 +90,7 @@ test('drain() asks a response still waiting on its upstream to close, and two ov
     assert.equal(drained.body, 'late');
     assert.equal(drained.headers.connection, 'close');
 
-    const second = httpGet(url, headers);
+    const second = get();
     await waitUntil(() => answers.length === 2);
     const began = Date.now();
     // Without a waiter each, the first call would wait out the bound (the key fetch timeout plus 1 s, 6 s here).
@@ -89,38 +99,20 @@ test('drain() asks a response still waiting on its upstream to close, and two ov
     assert.equal((await second).status, 502);
     assert.deepEqual(lines.filter((l) => l.kind === 'request').map((l) => l.status), [200, 502]);
   } finally {
-    host.closeAllConnections();
-    await new Promise((resolve) => host.close(resolve));
-    await held.close();
+    await close();
   }
 });
 
 test('stop() cuts a request waiting on a reused upstream connection without sending it again: 502, one upstream hit, nothing left open', { timeout: 10_000 }, async () => {
-  const lib = (await import('oidc-gateway')) as typeof import('../src/index.ts');
-  const answers: (() => void)[] = [];
   // Keep-alive answers: the second request goes out on the pooled socket the first one used.
-  const held = await startRecorder((_req, res) => answers.push(() => res.writeHead(200, { 'content-length': '2' }).end('ok')));
-  const parsed = lib.parseConfig({
-    issuers: [{ issuer: issuer.issuer, audience: 'aud' }],
-    routes: [{ path: '/held', upstream: held.url, allow: [{ repository: 'octo-org/octo-repo' }] }],
-  });
-  assert.ok(parsed.ok);
-  const lines: Record<string, unknown>[] = [];
-  const gateway = lib.createGateway(parsed.config, { log: (line) => lines.push(line) });
-  await gateway.start();
-  const host = http.createServer((req, res) => gateway.handle(req, res));
-  await new Promise<void>((resolve) => host.listen(0, '127.0.0.1', resolve));
+  const { held, answers, gateway, lines, get, close } = await mountHeld((res) => res.writeHead(200, { 'content-length': '2' }).end('ok'));
   try {
-    const url = `http://127.0.0.1:${(host.address() as AddressInfo).port}/held/x`;
-    const now = Math.floor(Date.now() / 1000);
-    const token = signToken({ alg: 'RS256', kid: 'k1' }, { iss: issuer.issuer, aud: 'aud', exp: now + 60, repository: 'octo-org/octo-repo' }, key.privateKey);
-    const headers = { 'gateway-authorization': token, connection: 'keep-alive' };
-    const first = httpGet(url, headers);
+    const first = get();
     await waitUntil(() => answers.length === 1);
     answers[0]!();
     assert.equal((await first).status, 200);
 
-    const second = httpGet(url, headers);
+    const second = get();
     await waitUntil(() => answers.length === 2);
     const began = Date.now();
     // The client's connection stays open: only stop() ends the exchange. A socket it destroys is not an upstream's
@@ -134,8 +126,6 @@ test('stop() cuts a request waiting on a reused upstream connection without send
     assert.equal(open, 0);
     assert.deepEqual(lines.filter((l) => l.kind === 'request').map((l) => [l.status, l.reason]), [[200, undefined], [502, 'upstream_unreachable']]);
   } finally {
-    host.closeAllConnections();
-    await new Promise((resolve) => host.close(resolve));
-    await held.close();
+    await close();
   }
 });
