@@ -879,6 +879,22 @@ test('the cache is keyed by the exact token and drops the least recently used to
   }
 });
 
+test('a hit moves a token to the recently used end only from the older half: a token is kept for cacheSize / 2 placements after its last use', async () => {
+  // Moving a Map entry leaves a deleted one in its bucket until the table is rehashed; a hot token moved on every hit would
+  // make its own lookups walk thousands of them. So with room for 4: A B C D placed, D and C hit (recent half, not moved),
+  // E, F, G placed: A, B, then C are dropped in placement order, though D was used before C. A, hit from the older half, moves.
+  const [a, b, c, d, e, f, g] = ['a', 'b', 'c', 'd', 'e', 'f', 'g'].map((jti) => mint({ claims: { jti } })) as [string, string, string, string, string, string, string];
+  const table: [string, string[], boolean[]][] = [
+    ['recent hits keep placement order', [a, b, c, d, d, c, e, f, g, d, c], [false, false, false, false, true, true, false, false, false, true, false]],
+    ['a hit from the older half moves', [a, b, c, d, a, e, a, b], [false, false, false, false, true, false, true, false]],
+  ];
+  for (const [name, tokens, hits] of table) {
+    const cached = cachedVerifier({ cacheSize: 4 });
+    for (const t of tokens) assert.deepEqual((await outcome(cached, t))[0], 'accepted', name);
+    assert.deepEqual(cached.events, hits, name);
+  }
+});
+
 test('a failed verification is never cached: every attempt goes the full way', async () => {
   const table: [string, string, TokenReason][] = [
     ['a foreign signature', mint({ key: attacker.privateKey }), 'signature_invalid'],
