@@ -59,17 +59,17 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
   const byIssuer = new Map(opts.issuers.map((t) => [t.issuer, t]));
   // A resolver that throws anyway, even synchronously, counts as an unavailable key set.
   const resolve = (t: TrustedIssuer, kid: string) => Promise.resolve().then(() => t.resolveKey(kid)).catch(() => 'jwks_unavailable' as const);
-  // Tokens that verified, least recently used first (a job reuses its token for minutes). A hit skips only the signature, the
-  // same bytes having verified under this very key: the key set is asked again (a rotated, dropped or stale key: the full path).
+  // Tokens that verified, in placement order, roughly least recently used first (a job reuses its token for minutes). A hit skips
+  // only the signature, the same bytes having verified under this key: the key set is asked again (rotated, dropped, stale: full path).
   const cache = new Map<string, Verified>();
   let placed = 0; // entries put at the recently used end so far: the clock of that order
 
   return async function verifyToken(token: string): Promise<Verification> {
     const hit = cache.get(token);
     const same = hit !== undefined && (await resolve(hit.trusted, hit.kid)) === hit.key;
-    // If still there after the wait: dropped unless its key verified it, moved to the recently used end only from the older half
-    // (a moved Map entry leaves a deleted one in its bucket until a rehash: a token moved on every hit makes its lookups walk thousands).
-    if (hit && (!same || placed - hit.placed >= cacheSize / 2) && cache.delete(token) && same) cache.set(token, Object.assign(hit, { placed: ++placed }));
+    // If still this entry after the wait: dropped unless the key set still gives the key that verified it, and moved to the recently used
+    // end only once placed cacheSize / 2 ago: a moved Map entry leaves a deleted one in its bucket, walked by its lookups until a rehash.
+    if (hit && (!same || placed - hit.placed >= cacheSize / 2) && cache.get(token) === hit && cache.delete(token) && same) cache.set(token, Object.assign(hit, { placed: ++placed }));
     if (hit && same) {
       opts.onCache?.(true);
       const reason = checkClaims(hit.claims, hit.trusted, now() / 1000, skew, maxAge);
@@ -114,7 +114,7 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
     // 5. claims, now that they are known to come from the issuer
     const reason = checkClaims(payload, trusted, now() / 1000, skew, maxAge) ?? (freezeClaims(payload) ? undefined : 'token_malformed');
     if (reason) return fail(reason);
-    if (cacheSize > 0 && cache.set(token, { kid, key, trusted, claims: payload, placed: ++placed }).size > cacheSize) cache.delete(cache.keys().next().value!);
+    if (cacheSize > 0 && (cache.delete(token), cache.set(token, { kid, key, trusted, claims: payload, placed: ++placed })).size > cacheSize) cache.delete(cache.keys().next().value!);
     return { ok: true, claims: payload };
   };
 }

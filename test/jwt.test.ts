@@ -887,6 +887,7 @@ test('a hit moves a token to the recently used end only from the older half: a t
   const table: [string, string[], boolean[]][] = [
     ['recent hits keep placement order', [a, b, c, d, d, c, e, f, g, d, c], [false, false, false, false, true, true, false, false, false, true, false]],
     ['a hit from the older half moves', [a, b, c, d, a, e, a, b], [false, false, false, false, true, false, true, false]],
+    ['a hit placed exactly cacheSize / 2 ago moves', [a, b, c, d, b, e, f, g, b], [false, false, false, false, true, false, false, false, true]],
   ];
   for (const [name, tokens, hits] of table) {
     const cached = cachedVerifier({ cacheSize: 4 });
@@ -967,18 +968,37 @@ test('onCache is told exactly once per verification, also when a cached token is
   assert.equal(c.events.length, 2, `onCache calls: ${JSON.stringify(c.events)}`);
 });
 
+test('a token verified by two requests at once is placed at the recently used end by the later one', async () => {
+  // Room for 3: X misses twice at once; the first completes, A and B are placed, then the second completes. X must now
+  // count as the newest (a Map keeps an existing key where it was on set), so C then D push out A and B, not X.
+  const c = cachedVerifier({ cacheSize: 3 });
+  const x = mint({ claims: { jti: 'x' } });
+  c.hold = true;
+  const [first, second] = [c.verify(x), c.verify(x)];
+  await waitUntil(() => c.held.length === 2);
+  c.held[0]!();
+  await first;
+  c.hold = false;
+  for (const t of [tokenA, tokenB]) await c.verify(t);
+  c.held[1]!();
+  await second;
+  const from = c.events.length;
+  for (const t of [tokenC, mint({ claims: { jti: 'd' } }), x]) assert.equal((await c.verify(t)).ok, true);
+  assert.deepEqual(c.events.slice(from), [false, false, true]);
+});
+
 test('a hit and a miss interleaved never leave more than cacheSize tokens in the cache', async () => {
   const c = cachedVerifier({ cacheSize: 2 });
   for (const t of [tokenA, tokenB]) await c.verify(t);
   c.hold = true;
-  const hitA = c.verify(tokenA); // A is out of the cache while its key is asked
+  const hitA = c.verify(tokenA); // A stays in the cache while its key is asked
   await waitUntil(() => c.held.length === 1);
   const missC = c.verify(tokenC);
   await waitUntil(() => c.held.length === 2);
   c.held[1]!();
-  await missC; // C in beside B
+  await missC; // C in beside B, A (the oldest) out
   c.held[0]!();
-  await hitA; // A back in
+  await hitA; // served, but not put back
   c.hold = false;
   const from = c.events.length;
   for (const t of [tokenA, tokenB, tokenC]) assert.equal((await c.verify(t)).ok, true);
