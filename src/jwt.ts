@@ -4,7 +4,7 @@
 //   3. key:       the unverified iss only picks which trusted issuer's key set to ask, the kid the key in it;
 //                 keys named or carried by the token (jku, x5u, jwk, x5c) are never looked at
 //   4. signature: RSASSA-PKCS1-v1_5 with SHA-256 through node:crypto
-//   5. claims:    iss, aud, exp, nbf, iat (and max age), with clock skew
+//   5. claims:    iss, aud, exp, nbf, iat (and max age), with clock skew; then frozen, at most 32 levels deep
 import { verify, type KeyObject } from 'node:crypto';
 import { decodeBase64url } from './base64url.js';
 import type { TokenReason } from './errors.js';

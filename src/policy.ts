@@ -42,22 +42,22 @@ export function compilePolicy(rules: readonly Rule[]): Policy {
 
 /** The first rule that admits the claims, or the first claim that kept the first rule out. */
 export function evaluate(policy: Policy, claims: Claims): { allowed: true; rule: number } | { allowed: false; claim: string } {
-  const values = policy.names.map((name) => claimText(claims, name));
+  const values = claimValues(policy, claims);
   let failed: string | undefined;
   for (let r = 0; r < policy.rules.length; r++) {
     const miss = firstMismatch(policy.rules[r]!, values);
     if (miss === undefined) return { allowed: true, rule: r };
-    failed ??= miss;
+    failed ??= miss.name;
   }
   return { allowed: false, claim: failed ?? '' };
 }
 
-function firstMismatch(rule: CompiledRule, values: readonly (string | undefined)[]): string | undefined {
-  for (const { name, at, alternatives } of rule) {
+/** The rule's first condition the claims fail, or undefined when the rule admits them. */
+function firstMismatch(rule: CompiledRule, values: readonly (string | undefined)[]): CompiledRule[number] | undefined {
+  return rule.find(({ at, alternatives }) => {
     const value = values[at];
-    if (value === undefined || !alternatives.some((g) => matchGlob(g, value))) return name;
-  }
-  return undefined;
+    return value === undefined || !alternatives.some((g) => matchGlob(g, value));
+  });
 }
 
 /** The claim that kept a rule out, its value as text (undefined when the token does not carry it), and the rule's patterns for it. */
@@ -65,14 +65,14 @@ export type RuleMiss = { readonly claim: string; readonly value: string | undefi
 
 /** For each rule, the first claim that kept it out with the value and the patterns side by side; null where the rule admits. */
 export function explainPolicy(policy: Policy, claims: Claims): (RuleMiss | null)[] {
-  const values = policy.names.map((name) => claimText(claims, name));
+  const values = claimValues(policy, claims);
   return policy.rules.map((rule) => {
-    const claim = firstMismatch(rule, values);
-    if (claim === undefined) return null;
-    const patterns = rule.find((c) => c.name === claim)!.alternatives.map((g) => g.join('*'));
-    return { claim, value: claimText(claims, claim), patterns };
+    const miss = firstMismatch(rule, values);
+    return miss ? { claim: miss.name, value: values[miss.at], patterns: miss.alternatives.map((g) => g.join('*')) } : null;
   });
 }
+
+const claimValues = (policy: Policy, claims: Claims) => policy.names.map((name) => claimText(claims, name));
 
 /** Own string, number or boolean claims, as text; anything else never matches. */
 export function claimText(claims: Claims, name: string): string | undefined {
