@@ -110,9 +110,8 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
     };
     const routes = config.routes.map((r): CompiledRoute => ({ ...r, upstreamPath: r.upstream?.pathname ?? '/', policy: compilePolicy(r.allow), agent: r.upstream && agentFor(r.upstream) }));
     const trusted = new BlockList();
-    for (const [addr = '', bits] of config.trustedProxies.map((cidr) => cidr.split('/'))) {
+    for (const [addr = '', bits] of config.trustedProxies.map((cidr) => cidr.split('/')))
       trusted.addSubnet(addr, Number(bits ?? (isIPv4(addr) ? 32 : 128)), isIPv4(addr) ? 'ipv4' : 'ipv6');
-    }
     return { config, keySets, authenticate, route: createRouter(routes), tunnels: compileTunnels(config), trusted };
   }
 

@@ -38,7 +38,7 @@ export interface VerifierOptions {
 
 export const VERIFIER_DEFAULTS = { clockSkewSeconds: 60, maxTokenBytes: 8 * 1024, cacheSize: 10_000 } as const;
 
-interface Verified { readonly kid: string; readonly key: KeyObject; readonly trusted: TrustedIssuer; readonly claims: Claims; placed: number }
+interface Verified { readonly token: string; readonly kid: string; readonly key: KeyObject; readonly trusted: TrustedIssuer; readonly claims: Claims; placed: number }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
@@ -61,19 +61,22 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
   const resolve = (t: TrustedIssuer, kid: string) => Promise.resolve().then(() => t.resolveKey(kid)).catch(() => 'jwks_unavailable' as const);
   // Tokens that verified, in placement order, roughly least recently used first (a job reuses its token for minutes). A hit skips
   // only the signature, the same bytes having verified under this key: the key set is asked again (rotated, dropped, stale: full path).
+  // Found by the signature's last 43 characters (256 bits; hashing all of a 1.6 KB token cost more than the rest of a hit), matched whole.
   const cache = new Map<string, Verified>();
   let placed = 0; // entries put at the recently used end so far: the clock of that order
+  const kept = cacheSize - Math.floor(cacheSize / 100); // evicting 1% at a time: each eviction walks the deleted entries at the front
 
   return async function verifyToken(token: string): Promise<Verification> {
-    const hit = cache.get(token);
+    const slot = typeof token === 'string' ? token.slice(-43) : '', found = cache.get(slot);
+    const hit = found?.token === token ? found : undefined;
     const same = hit !== undefined && (await resolve(hit.trusted, hit.kid)) === hit.key;
     // If still this entry after the wait: dropped unless the key set still gives the key that verified it, and moved to the recently used
     // end only once placed cacheSize / 2 ago: a moved Map entry leaves a deleted one in its bucket, walked by its lookups until a rehash.
-    if (hit && (!same || placed - hit.placed >= cacheSize / 2) && cache.get(token) === hit && cache.delete(token) && same) cache.set(token, Object.assign(hit, { placed: ++placed }));
+    if (hit && (!same || placed - hit.placed >= cacheSize / 2) && cache.get(slot) === hit && cache.delete(slot) && same) cache.set(slot, Object.assign(hit, { placed: ++placed }));
     if (hit && same) {
       opts.onCache?.(true);
       const reason = checkClaims(hit.claims, hit.trusted, now() / 1000, skew, maxAge);
-      if (reason) cache.delete(token);
+      if (reason && cache.get(slot) === hit) cache.delete(slot);
       return reason ? fail(reason) : { ok: true, claims: hit.claims };
     }
     if (cacheSize > 0) opts.onCache?.(false);
@@ -104,17 +107,16 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
     const key = await resolve(trusted, kid);
     if (typeof key === 'string') return fail(key);
 
-    // 4. signature over the exact bytes received
-    try {
-      if (!verify('sha256', Buffer.from(`${parts[0]}.${parts[1]}`, 'latin1'), key, signature)) return fail('signature_invalid');
-    } catch {
-      return fail('signature_invalid');
-    }
+    // 4. signature over the exact bytes received (a key or signature that node:crypto throws on is a bad signature too)
+    let valid = false;
+    try { valid = verify('sha256', Buffer.from(`${parts[0]}.${parts[1]}`, 'latin1'), key, signature); } catch {}
+    if (!valid) return fail('signature_invalid');
 
     // 5. claims, now that they are known to come from the issuer
     const reason = checkClaims(payload, trusted, now() / 1000, skew, maxAge) ?? (freezeClaims(payload) ? undefined : 'token_malformed');
     if (reason) return fail(reason);
-    if (cacheSize > 0 && (cache.delete(token), cache.set(token, { kid, key, trusted, claims: payload, placed: ++placed })).size > cacheSize) cache.delete(cache.keys().next().value!);
+    if (cacheSize > 0 && (cache.delete(slot), cache.set(slot, { token, kid, key, trusted, claims: payload, placed: ++placed })).size > cacheSize)
+      for (const old of cache.keys()) if (cache.delete(old) && cache.size <= kept) break;
     return { ok: true, claims: payload };
   };
 }

@@ -107,9 +107,8 @@ export function checkRule(r: unknown, pinIssuer: boolean): [string, string][] {
 export function ruleWarnings(r: Rule): [string, string][] {
   const has = (name: string) => Object.hasOwn(r, name);
   const warnings: [string, string][] = [];
-  for (const [name, id] of [['repository', 'repository_id'], ['repository_owner', 'repository_owner_id']] as const) {
+  for (const [name, id] of [['repository', 'repository_id'], ['repository_owner', 'repository_owner_id']] as const)
     if (has(name) && !has(id)) warnings.push([name, `matches a name, which can be re-registered: pin ${id} as well`]);
-  }
   if (has('job_workflow_ref') && !['repository', 'repository_id', 'repository_owner', 'repository_owner_id', 'sub'].some(has)) {
     warnings.push(['job_workflow_ref', 'alone admits every repository that calls this reusable workflow: pin repository_owner_id as well']);
   }

@@ -879,6 +879,38 @@ test('the cache is keyed by the exact token and drops the least recently used to
   }
 });
 
+test('a cached token is found by its signature but served only to the very same token text', async () => {
+  // The cache looks tokens up by their last 43 characters: anything else ending the same way is verified in full, and refused
+  // here, and the cached token is still served after it.
+  const c = cachedVerifier();
+  assert.deepEqual(await outcome(c, tokenA), ['accepted', [false]]);
+  const [h, p, sig] = split(tokenA);
+  const [, otherPayload] = split(mint({ claims: { repository: 'octo-org/other-repo' } }));
+  const table: [string, string, TokenReason][] = [
+    ['another payload under the cached signature', `${h}.${otherPayload}.${sig}`, 'signature_invalid'],
+    ['another header under the cached signature', `${encodeSegment(headerWith({ typ: 'jwt' }))}.${p}.${sig}`, 'signature_invalid'],
+    ['the cached signature cut to its last 43 characters', `${h}.${p}.${sig.slice(-43)}`, 'signature_invalid'],
+    ['the cached token with a character in front', `x${tokenA}`, 'token_malformed'],
+    ['the cached token with the last 43 characters alone', tokenA.slice(-43), 'token_malformed'],
+  ];
+  for (const [name, token, reason] of table) {
+    assert.equal(token.slice(-43), tokenA.slice(-43), name);
+    assert.deepEqual(await outcome(c, token), [reason, [false]], name);
+    assert.deepEqual(await outcome(c, tokenA), ['accepted', [true]], `${name}: the cached token is still served`);
+  }
+});
+
+test('a full cache of 100 or more drops its oldest 1% at once, in placement order', async () => {
+  // Finding the oldest Map entry walks the deleted ones before it: dropping 1% at a time walks them once per 1%.
+  const c = cachedVerifier({ cacheSize: 200 });
+  const tokens = Array.from({ length: 201 }, (_, i) => mint({ claims: { jti: `t${i}` } }));
+  for (const t of tokens) await c.verify(t);
+  const from = c.events.length;
+  // The 201st token took the cache over 200: down to 198, so the first three are gone and the rest are all there.
+  for (const t of [...tokens].reverse()) assert.equal((await c.verify(t)).ok, true);
+  assert.deepEqual(c.events.slice(from), [...Array<boolean>(198).fill(true), false, false, false]);
+});
+
 test('a hit moves a token to the recently used end only from the older half: a token is kept for cacheSize / 2 placements after its last use', async () => {
   // Moving a Map entry leaves a deleted one in its bucket until the table is rehashed; a hot token moved on every hit would
   // make its own lookups walk thousands of them. So with room for 4: A B C D placed, D and C hit (recent half, not moved),
