@@ -61,7 +61,7 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
   const resolve = (t: TrustedIssuer, kid: string) => Promise.resolve().then(() => t.resolveKey(kid)).catch(() => 'jwks_unavailable' as const);
   // Tokens that verified, in placement order, roughly least recently used first (a job reuses its token for minutes). A hit skips
   // only the signature, the same bytes having verified under this key: the key set is asked again (rotated, dropped, stale: full path).
-  // Found by the signature's last 43 characters (256 bits; hashing all of a 1.6 KB token cost more than the rest of a hit), matched whole.
+  // Found by the signature's last 43 characters (254 bits of a 2048-bit one; hashing all of a 1.6 KB token cost more than the rest of a hit), matched whole.
   const cache = new Map<string, Verified>();
   let placed = 0; // entries put at the recently used end so far: the clock of that order
   const kept = cacheSize - Math.floor(cacheSize / 100); // evicting 1% at a time: each eviction walks the deleted entries at the front

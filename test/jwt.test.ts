@@ -1,6 +1,6 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createPublicKey, type KeyObject } from 'node:crypto';
+import { createPublicKey, createSecretKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { TokenReason } from '../src/errors.js';
 import { createKeySet } from '../src/jwks.js';
@@ -731,6 +731,20 @@ test('a key resolver that throws is jwks_unavailable, not an exception', async (
   assert.deepEqual(await throwing(mint()), { ok: false, reason: 'jwks_unavailable' });
 });
 
+test('a key node:crypto refuses to verify with is signature_invalid, never an acceptance or an exception', async () => {
+  // Only a host's own resolver can hand over such a key (the key sets import RSA keys alone); verify() throws on each of these.
+  const table: [string, unknown][] = [
+    ['an Ed25519 public key', generateKeyPairSync('ed25519').publicKey],
+    ['a secret key', createSecretKey(Buffer.alloc(32, 1))],
+    ['undefined', undefined],
+  ];
+  for (const [name, odd] of table) {
+    const resolveKey = async () => odd as KeyObject;
+    const withOdd = createTokenVerifier({ issuers: [{ issuer: issuer.issuer, audiences: [AUDIENCE], resolveKey }], now: clock.now });
+    assert.deepEqual(await withOdd(mint()), { ok: false, reason: 'signature_invalid' }, name);
+  }
+});
+
 test('with the issuer down and no keys, the answer is jwks_unavailable', async () => {
   const gone = await startIssuer({ keys: [key.jwk] });
   await gone.close();
@@ -897,6 +911,10 @@ test('a cached token is found by its signature but served only to the very same 
     assert.equal(token.slice(-43), tokenA.slice(-43), name);
     assert.deepEqual(await outcome(c, token), [reason, [false]], name);
     assert.deepEqual(await outcome(c, tokenA), ['accepted', [true]], `${name}: the cached token is still served`);
+  }
+  // A host calling from plain JavaScript may pass anything: what is not the cached string itself is refused, never thrown on.
+  for (const odd of [undefined, null, 42, new String(tokenA), { toString: () => tokenA }]) {
+    assert.deepEqual(await outcome(c, odd as unknown as string), ['token_malformed', [false]], String(odd).slice(0, 20));
   }
 });
 
