@@ -92,9 +92,8 @@ export function parseConfig(input: unknown): ConfigResult {
   const listen = endpoint('listen');
   const admin = endpoint('admin');
   const wildcard = (h: string) => h === '0.0.0.0' || h === '::';
-  if (listen.port !== 0 && listen.port === admin.port && (listen.host === admin.host || wildcard(listen.host) || wildcard(admin.host))) {
+  if (listen.port !== 0 && listen.port === admin.port && (listen.host === admin.host || wildcard(listen.host) || wildcard(admin.host)))
     p('admin', 'must not share the public listener');
-  }
 
   const issuerList = array(root.issuers, 'issuers', p);
   if (issuerList.length === 0) p('issuers', root.issuers === undefined ? 'required' : 'expected at least one issuer');

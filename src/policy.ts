@@ -94,9 +94,8 @@ export function checkRule(r: unknown, pinIssuer: boolean): [string, string][] {
   if (Object.keys(r).length === 0) return [['', 'expected at least one claim']];
   const pinned = (name: string, test: (s: string) => boolean) => Object.hasOwn(r, name) && patternsOf(r[name] as string).every(test);
   const pins = EXACT_PINS.some((n) => pinned(n, (s) => !s.includes('*'))) || OWNER_PINS.some((n) => pinned(n, (s) => ownerFixed(s, n)));
-  if (!pins) {
+  if (!pins)
     problems.push(['', `does not pin who may come in: constrain one of ${[...OWNER_PINS, ...EXACT_PINS].join(', ')} (ids and owners exactly, the others with the owner spelled out, such as "octo-org/*")`]);
-  }
   if (pinIssuer && !pinned('iss', (s) => !s.includes('*'))) problems.push(['iss', 'with more than one issuer, every rule must name its issuer exactly']);
   return problems;
 }
@@ -109,17 +108,15 @@ export function ruleWarnings(r: Rule): [string, string][] {
   const warnings: [string, string][] = [];
   for (const [name, id] of [['repository', 'repository_id'], ['repository_owner', 'repository_owner_id']] as const)
     if (has(name) && !has(id)) warnings.push([name, `matches a name, which can be re-registered: pin ${id} as well`]);
-  if (has('job_workflow_ref') && !['repository', 'repository_id', 'repository_owner', 'repository_owner_id', 'sub'].some(has)) {
+  if (has('job_workflow_ref') && !['repository', 'repository_id', 'repository_owner', 'repository_owner_id', 'sub'].some(has))
     warnings.push(['job_workflow_ref', 'alone admits every repository that calls this reusable workflow: pin repository_owner_id as well']);
-  }
   // A sub pattern that spells the owner out before any `*` is bound to one format; "repo:*" or a custom template is not.
   const formats = new Set(patternsOf(has('sub') ? r.sub! : []).map((s) => {
     const owner = s.split('*')[0]!.split('/');
     return owner.length < 2 || !owner[0]!.startsWith('repo:') ? 'any' : owner[0]!.includes('@') ? 'id' : 'name';
   }));
-  if (formats.size === 1 && !formats.has('any')) {
+  if (formats.size === 1 && !formats.has('any'))
     warnings.push(['sub', formats.has('id') ? 'matches only "repo:OWNER@ID/REPO@ID:..." subjects: older repositories send "repo:OWNER/REPO:..."' : 'matches only "repo:OWNER/REPO:..." subjects: repositories created or renamed since 2026-07-15 send "repo:OWNER@ID/REPO@ID:..."']);
-  }
   return warnings;
 }
 

@@ -13,6 +13,7 @@ import {
   JWKS_PATH, generateRsaKey, rawExchange, signToken, startGateway, startIssuer, startRecorder, statusOf, waitUntil,
   type Issuer, type Recorder, type RunningGateway, type TestKey,
 } from './helpers.ts';
+import { jsonLines } from '../src/audit.js';
 
 const AUD = 'api://ActionsOIDCGateway';
 const RULE = { repository: 'octo-org/octo-repo', ref: ['refs/heads/main', 'refs/tags/v*'] };
@@ -174,6 +175,38 @@ test('the start, config and keys lines are written at start, each with a time an
   assert.deepEqual(pick(cfg ?? {}, ['result', 'file']), { result: 'ok', file: gw.configFile });
   assert.ok(Array.isArray(cfg?.warnings));
   assert.ok(lines.some((l) => l.kind === 'keys' && l.result === 'ok' && l.issuer === issuer.issuer && l.level === 'info'));
+});
+
+test('each line is one JSON object led by time and level, then the line\'s own fields in order, whatever fields it has', async () => {
+  const texts: string[] = [];
+  const log = jsonLines((text) => texts.push(text), () => 'info');
+  const table: [string, Record<string, unknown>, Record<string, unknown>][] = [
+    ['a request line', { kind: 'request', id: 'x', identity: { sub: 'repo:a/b' }, reason: undefined, ms: 1.5 }, { level: 'info', kind: 'request', id: 'x', identity: { sub: 'repo:a/b' }, ms: 1.5 }],
+    ['an error decision', { kind: 'request', decision: 'error' }, { level: 'warn', kind: 'request', decision: 'error' }],
+    ['a level of its own', { kind: 'error', level: 'error', detail: 'd' }, { level: 'error', kind: 'error', detail: 'd' }],
+    ['a time of its own', { time: 'then', kind: 'keys' }, { time: 'then', level: 'info', kind: 'keys' }],
+    ['no fields', {}, { level: 'info' }],
+    ['below the minimum, but start', { kind: 'start', level: 'debug' }, { level: 'debug', kind: 'start' }],
+  ];
+  for (const [name, line, expected] of table) {
+    const before = Date.now();
+    log(line);
+    const text = texts.pop()!;
+    assert.ok(text.endsWith('}\n') && !text.slice(0, -1).includes('\n'), name);
+    // JSON.parse keeps the last of two equal keys: count them in the text.
+    assert.deepEqual([text.split('"time":').length, text.split('"level":').length], [2, 2], `${name}: ${text}`);
+    const parsed = JSON.parse(text) as Record<string, unknown>;
+    assert.deepEqual(Object.keys(parsed), [...new Set(['time', 'level', ...Object.keys(expected)])], `${name}: each key once, time and level first`);
+    if (expected.time === undefined) assert.ok(Date.parse(String(parsed.time)) >= Math.floor(before / 1000) * 1000 && String(parsed.time).endsWith('Z'), name);
+    assert.deepEqual({ ...parsed, time: expected.time ?? parsed.time }, { time: expected.time ?? parsed.time, ...expected }, name);
+  }
+  log({ kind: 'request', level: 'debug' });
+  assert.equal(texts.length, 0, 'a line below the minimum is not written');
+  // Lines in the same millisecond share a timestamp; a later line gets its own.
+  const last = Date.now();
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  log({ kind: 'request' });
+  assert.ok(Date.parse(String(JSON.parse(texts.pop()!).time)) > last);
 });
 
 // ---------------------------------------------------------------- log levels
