@@ -2,19 +2,22 @@
 // node:http with a keep-alive Agent, streaming both ways, and CONNECT piped to any target. Run as its
 // own process, on Node (`node --import tsx bare.ts PORT`) or Bun (`bun bare.ts PORT`), so its CPU and
 // memory can be read from /proc like the gateway's. Prints {"port":N} once listening; exits when its
-// stdin closes, so it never outlives the bench that started it.
+// stdin closes, so it never outlives the bench that started it. With SPIN_US it first spins that many
+// microseconds per request (no allocation, no system call): what a gateway's added CPU alone costs.
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 
 const upstreamPort = Number(process.argv[2]);
-if (!(upstreamPort > 0)) {
-  process.stderr.write('usage: bare.ts UPSTREAM_PORT\n');
+const spinMs = Number(process.argv[3] ?? 0) / 1000;
+if (!(upstreamPort > 0) || !(spinMs >= 0)) {
+  process.stderr.write('usage: bare.ts UPSTREAM_PORT [SPIN_US]\n');
   process.exit(2);
 }
 
 const agent = new http.Agent({ keepAlive: true, maxFreeSockets: 256 });
 
 const server = http.createServer((req, res) => {
+  for (const from = performance.now(); spinMs > 0 && performance.now() - from < spinMs; );
   const out = http.request({ host: '127.0.0.1', port: upstreamPort, method: req.method, path: req.url, headers: req.headers, agent }, (up) => {
     res.writeHead(up.statusCode ?? 502, up.headers);
     up.pipe(res);

@@ -18,7 +18,8 @@
 //   BENCH_BIG_MIB [1024]    size of (d)'s upload and download
 //   BENCH_TUNNELS [1000]    (e)'s open tunnels;  BENCH_ROUTES [1000]: (e)'s routes and rules
 //   BENCH_TOKENS [16384]    pre-signed fresh tokens for (b); more than the gateway's cache holds
-//   BENCH_ONLY [all]        a subset: a, b, c, d, e, or e's parts routes, conns, tunnels (BENCH_ONLY=a,b)
+//   BENCH_ONLY [all]        a subset: a, b, c, d, e, or e's parts routes, conns, tunnels (BENCH_ONLY=a,b);
+//                           `spin`, only when named: the bare proxy spinning 5 to 33 µs per request, beside itself
 //   BENCH_RUNTIMES [node,bun]  BENCH_LOAD [auto]: builtin or wrk;  GATEWAY_RUNTIME: a bun executable
 //   BENCH_LOG_LEVEL [info]  the gateway's audit log level (it goes to a file)
 //   BENCH_PROFILE           a directory: gateways on Node run with --cpu-prof there, and their top
@@ -67,12 +68,15 @@ const LOAD = process.env.BENCH_LOAD || 'auto';
 if (!['auto', 'builtin', 'wrk'].includes(LOAD)) usage('BENCH_LOAD: expected auto, builtin or wrk');
 
 const PARTS = ['a', 'b', 'c', 'd', 'routes', 'conns', 'tunnels'] as const;
-type Part = (typeof PARTS)[number];
+// Not in a default run: how much throughput a given amount of added CPU costs the bare proxy (what issue 6's
+// ratios allow a gateway), measured like the cells, against the unspun bare proxy in the same rounds.
+const SPIN_MICROSECONDS = [5, 10, 20, 33] as const;
+type Part = (typeof PARTS)[number] | 'spin';
 const ONLY = new Set<Part>();
 for (const word of (process.env.BENCH_ONLY || PARTS.join(',')).split(',').map((w) => w.trim().toLowerCase()).filter(Boolean)) {
   if (word === 'e') ['routes', 'conns', 'tunnels'].forEach((p) => ONLY.add(p as Part));
-  else if ((PARTS as readonly string[]).includes(word)) ONLY.add(word as Part);
-  else usage(`BENCH_ONLY: unknown part ${JSON.stringify(word)} (use a, b, c, d, e, routes, conns, tunnels)`);
+  else if ([...PARTS, 'spin'].includes(word)) ONLY.add(word as Part);
+  else usage(`BENCH_ONLY: unknown part ${JSON.stringify(word)} (use a, b, c, d, e, routes, conns, tunnels, spin)`);
 }
 // 1,000 routes are compared with (a), the same request on a 1-route gateway.
 if (ONLY.has('routes')) ONLY.add('a');
@@ -418,13 +422,17 @@ async function benchRuntime(ctx: Context, rt: Runtime, setup: Setup): Promise<Ru
     return { routes };
   };
   const none = Promise.resolve(undefined);
-  if (only('a') || only('b') || only('c') || only('conns')) {
+  const spinners = async () => {
+    const list = await Promise.all(SPIN_MICROSECONDS.map((us) => startBare(rt, setup.upstream.port, us)));
+    return { list, close: async () => void (await Promise.all(list.map((s) => s.close()))) };
+  };
+  if (only('a') || only('b') || only('c') || only('conns') || only('spin')) {
     await using(startBare(rt, setup.upstream.port), (bare) =>
       using(gateway({ routes: [route('/svc', [admit])] }), (gw) =>
-        using(only('routes') ? gateway(routesConfig()) : none, async (many) => {
-          for (const s of [bare, gw, many]) if (s) await warm(s);
+        using(only('routes') ? gateway(routesConfig()) : none, (many) => using(only('spin') ? spinners() : none, async (spin) => {
+          for (const s of [bare, gw, many, ...(spin?.list ?? [])]) if (s) await warm(s);
           const entries: [ServerProcess, Spec][] = [];
-          if (only('a') || only('b') || only('c')) {
+          if (only('a') || only('b') || only('c') || only('spin')) {
             entries.push([bare, { key: 'bare', label: 'bare proxy, no auth (the ceiling)', tokens: 'same', expect: 200 }]);
             // (b) needs a token per request, which wrk without Lua cannot send: its ceiling is measured with the same generator.
             if (ctx.wrk && only('b')) entries.push([bare, { key: 'bare-builtin', label: 'bare proxy, no auth (built-in load)', tokens: 'same', expect: 200, builtinOnly: true }]);
@@ -439,6 +447,9 @@ async function benchRuntime(ctx: Context, rt: Runtime, setup: Setup): Promise<Ru
             entries.push([many, { key: 'routes', label: `(e) gateway, ${int(ROUTES)} routes, hit one with 1 rule`, tokens: 'same', expect: 200, versus: 'a' }]);
             entries.push([many, { key: 'rules', label: `(e) gateway, ${int(ROUTES)} routes, hit one with ${int(ROUTES)} rules, the last admits`, tokens: 'same', expect: 200, path: '/many/x', versus: 'a' }]);
           }
+          for (const [i, s] of (spin?.list ?? []).entries()) {
+            entries.push([s, { key: `spin-${SPIN_MICROSECONDS[i]}`, label: `bare proxy spinning ${SPIN_MICROSECONDS[i]} µs per request`, tokens: 'same', expect: 200, versus: 'bare' }]);
+          }
           if (only('conns')) {
             for (const connections of [1, 256]) {
               const plural = connections > 1 ? 's' : '';
@@ -447,7 +458,7 @@ async function benchRuntime(ctx: Context, rt: Runtime, setup: Setup): Promise<Ru
             }
           }
           out.cells.push(...(await measureRounds(ctx, rt, entries)));
-        }),
+        })),
       ),
     );
   }
