@@ -3,9 +3,14 @@ import assert from 'node:assert/strict';
 import type { Claims } from '../src/jwt.ts';
 import { checkRule, claimText, compileGlob, compilePolicy, evaluate, matchGlob, ruleWarnings, type Rule } from '../src/policy.ts';
 
-// Claims as the verifier hands them over: the parsed payload with its prototype set to null, frozen (as jwt.ts does).
+// Claims as the verifier hands them over: the parsed payload with its prototype set to null, frozen at every level (as jwt.ts does).
 function verified(payload: Record<string, unknown>): Claims {
-  return Object.freeze(Object.setPrototypeOf({ ...payload }, null) as Record<string, unknown>);
+  const freeze = (value: unknown): void => {
+    if (typeof value === 'object' && value !== null) for (const inner of Object.values(Object.freeze(value))) freeze(inner);
+  };
+  const claims = Object.setPrototypeOf({ ...payload }, null) as Record<string, unknown>;
+  freeze(claims);
+  return claims;
 }
 
 const glob = (pattern: string, value: string) => matchGlob(compileGlob(pattern), value);
