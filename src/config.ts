@@ -155,9 +155,8 @@ function route(raw: unknown, at: string, pinIssuer: boolean, p: Report, w: Repor
   const mode = or(o.mode, 'proxy');
   if (mode !== 'proxy' && mode !== 'auth') p(`${at}.mode`, 'expected "proxy" or "auth"');
   let path = typeof o.path === 'string' ? o.path : '';
-  if (!path.startsWith('/') || path.includes('//') || path.includes('\\') || path.split('/').some((s) => s === '.' || s === '..' || s.includes('%')) || [...path].some((c) => c < '!' || c > '~')) {
+  if (!path.startsWith('/') || path.includes('//') || path.includes('\\') || path.split('/').some((s) => s === '.' || s === '..' || s.includes('%')) || [...path].some((c) => c < '!' || c > '~'))
     p(`${at}.path`, 'expected an absolute path of plain segments, such as "/artifacts/"');
-  }
   if (path.length > 1 && path.endsWith('/')) path = path.slice(0, -1);
   if (mode === 'auth' && o.upstream !== undefined) p(`${at}.upstream`, 'an auth route answers itself: leave the upstream out');
   // Traefik asks with GET whatever the client's method: the auth request's method says nothing.

@@ -59,9 +59,8 @@ export function checkDestinationPattern(p: string): string | undefined {
   const rest = host.startsWith('*.') ? host.slice(2) : host;
   const domain = rest.endsWith('.') ? rest.slice(0, -1) : rest;
   const literal = isIP(rest) === 6 ? `[${rest}]` : rest;
-  if (rest.includes('*') || (rest !== host && (isIP(domain) !== 0 || !domain.includes('.'))) || !parseAuthority(`${literal}:1`)) {
+  if (rest.includes('*') || (rest !== host && (isIP(domain) !== 0 || !domain.includes('.'))) || !parseAuthority(`${literal}:1`))
     return 'expected a host name, an IP address, or "*." and a domain of two labels or more such as "*.svc.internal"';
-  }
   return undefined;
 }
 

@@ -135,14 +135,10 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
 
     if (expectsContinue) res.writeContinue();
     const headers = upstreamHeaders(req.rawHeaders, {
-      claims: to.claims, forwardClaims: to.forwardClaims,
-      tokenHeader: p.config.token.header,
-      upstreamHost: to.authority ?? to.upstream.host,
-      requestedHost: to.authority,
-      clientIp: ex.client,
+      claims: to.claims, forwardClaims: to.forwardClaims, tokenHeader: p.config.token.header,
+      upstreamHost: to.authority ?? to.upstream.host, requestedHost: to.authority,
+      clientIp: ex.client, requestId: ex.id, bodyFraming: head.bodyFraming,
       trustedPeer: p.config.trustedProxies.length > 0 && ex.client !== '' && p.trusted.check(ex.client, isIPv4(ex.client) ? 'ipv4' : 'ipv6'),
-      requestId: ex.id,
-      bodyFraming: head.bodyFraming,
     });
     ex.settle(await forward(req, res, { upstream: to.upstream, agent: to.agent, path: to.path, headers, timeouts: p.config.timeouts, hasBody: head.hasBody }));
   }
@@ -191,9 +187,7 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
         else res.writeHead(502, { 'content-type': 'application/json', connection: 'close' }).end('{"error":"upstream_unreachable","id":""}');
       }));
     },
-    connect(req, socket, head) {
-      track(proxyMode.connect(req, socket, head, plan).catch((err: unknown) => (bug(err), socket.destroy())));
-    },
+    connect: (req, socket, head) => track(proxyMode.connect(req, socket, head, plan).catch((err: unknown) => (bug(err), socket.destroy()))),
     listening: (ports) => proxyMode.listening(ports),
     admin(req, res) {
       const path = (req.url ?? '').split('?')[0];

@@ -85,9 +85,7 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
     };
 
     // The client going away cancels the upstream exchange at any stage.
-    res.on('close', () => {
-      if (!res.writableFinished) giveUp('client_aborted')();
-    });
+    res.on('close', () => { if (!res.writableFinished) giveUp('client_aborted')(); });
     req.on('data', (chunk: Buffer) => (bytesIn += chunk.length));
     req.on('error', () => out.destroy());
     send(o.agent);

@@ -125,9 +125,7 @@ export function createProxyMode(log: Log) {
 
     open: () => live.size,
 
-    listening(ports: readonly number[]): void {
-      ownPorts = [...ports];
-    },
+    listening: (ports: readonly number[]) => void (ownPorts = [...ports]),
 
     /** Closes every open tunnel and the forward connection pool; resolves once each tunnel has written its audit line. */
     async stop(): Promise<void> {

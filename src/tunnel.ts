@@ -18,7 +18,7 @@ export interface TunnelOutcome {
   /** Set when the tunnel could not be opened; the caller still owes the client an answer. */
   readonly reason?: Reason;
   readonly established: boolean;
-  /** Why an established tunnel ended: client, upstream, idle, deadline, shutdown, error. */
+  /** Why the tunnel ended: client, upstream, idle, deadline or shutdown; refused or connect_timeout if it never opened. */
   readonly closedBy?: string;
   readonly bytesUp: number;
   readonly bytesDown: number;
@@ -32,10 +32,9 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 export function openTunnel(client: Duplex, head: Buffer, o: TunnelOptions): Tunnel {
   let settle!: (outcome: TunnelOutcome) => void;
   const done = new Promise<TunnelOutcome>((resolve) => (settle = resolve));
-  let established = false;
+  let established = false, finished = false;
   let bytesUp = 0, bytesDown = 0;
   let closedBy: string | undefined;
-  let finished = false;
   const timers: ReturnType<typeof setTimeout>[] = [];
 
   const upstream: Socket = connect({ host: o.address, port: o.port, allowHalfOpen: true });
