@@ -61,13 +61,18 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
   const resolve = (t: TrustedIssuer, kid: string) => Promise.resolve().then(() => t.resolveKey(kid)).catch(() => 'jwks_unavailable' as const);
   // Tokens that verified, in placement order, roughly least recently used first (a job reuses its token for minutes). A hit skips
   // only the signature, the same bytes having verified under this key: the key set is asked again (rotated, dropped, stale: full path).
-  // Found by the signature's last 43 characters (254 bits of a 2048-bit one; hashing all of a 1.6 KB token cost more than the rest of a hit), matched whole.
+  // Found by the signature's last 12 characters (hashing all of a 1.6 KB token cost more than the rest of a hit), matched whole.
   const cache = new Map<string, Verified>();
+  // The slots of tokens verified once: a token is cached once verified again (or when its slot is or was cached), so one-shot tokens
+  // (anyone's workflow can mint them) push out no token in use, and their claims are not promoted to the old generation only to be
+  // dropped unused. V8 copies a substring shorter than 13 characters, so a slot keeps no token alive.
+  const seen = new Set<string>();
   let placed = 0; // entries put at the recently used end so far: the clock of that order
   const kept = cacheSize - Math.floor(cacheSize / 100); // evicting 1% at a time: each eviction walks the deleted entries at the front
+  const bound = (m: Set<string> | Map<string, Verified>) => { if (m.size > cacheSize) for (const old of m.keys()) if (m.delete(old) && m.size <= kept) break; };
 
   return async function verifyToken(token: string): Promise<Verification> {
-    const slot = typeof token === 'string' ? token.slice(-43) : '', found = cache.get(slot);
+    const slot = typeof token === 'string' ? token.slice(-12) : '', found = cache.get(slot);
     const hit = found?.token === token ? found : undefined;
     const same = hit !== undefined && (await resolve(hit.trusted, hit.kid)) === hit.key;
     // If still this entry after the wait: dropped unless the key set still gives the key that verified it, and moved to the recently used
@@ -115,8 +120,8 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
     // 5. claims, now that they are known to come from the issuer
     const reason = checkClaims(payload, trusted, now() / 1000, skew, maxAge) ?? (freezeClaims(payload) ? undefined : 'token_malformed');
     if (reason) return fail(reason);
-    if (cacheSize > 0 && (cache.delete(slot), cache.set(slot, { token, kid, key, trusted, claims: payload, placed: ++placed })).size > cacheSize)
-      for (const old of cache.keys()) if (cache.delete(old) && cache.size <= kept) break;
+    if (cacheSize > 0 && !found && !cache.has(slot) && !seen.has(slot)) bound(seen.add(slot));
+    else if (cacheSize > 0) bound((seen.delete(slot), cache.delete(slot), cache.set(slot, { token, kid, key, trusted, claims: payload, placed: ++placed })));
     return { ok: true, claims: payload };
   };
 }

@@ -867,48 +867,70 @@ async function outcome(c: Cached, token: string): Promise<[string, boolean[]]> {
 
 const [tokenA, tokenB, tokenC] = ['a', 'b', 'c'].map((jti) => mint({ claims: { jti } })) as [string, string, string];
 
-test('a token verified a second time is a cache hit: the same frozen claims, and the key set asked again', async () => {
+/** Verifies each token twice, so each is cached (placed in this order); onCache's record starts afresh after. */
+async function prime(c: Cached, tokens: readonly string[]): Promise<void> {
+  for (const t of tokens) for (let i = 0; i < 2; i++) assert.equal((await c.verify(t)).ok, true);
+  c.events.length = 0;
+}
+
+test('a token is cached from its second verification: the third is a hit, with the same frozen claims, and the key set asked again', async () => {
   assert.equal(VERIFIER_DEFAULTS.cacheSize, 10_000);
   const c = cachedVerifier();
-  const [first, second] = [await c.verify(tokenA), await c.verify(tokenA)];
-  assert.ok(first.ok && second.ok);
-  assert.equal(second.claims, first.claims);
-  assert.ok(Object.isFrozen(second.claims));
-  assert.deepEqual(c.events, [false, true]);
-  assert.deepEqual(c.kids, [key.kid, key.kid]);
+  const [first, second, third] = [await c.verify(tokenA), await c.verify(tokenA), await c.verify(tokenA)];
+  assert.ok(first.ok && second.ok && third.ok);
+  assert.notEqual(second.claims, first.claims, 'the second verification went the full way');
+  assert.equal(third.claims, second.claims);
+  assert.ok(Object.isFrozen(third.claims));
+  assert.deepEqual(c.events, [false, false, true]);
+  assert.deepEqual(c.kids, [key.kid, key.kid, key.kid]);
 });
 
-test('the cache is keyed by the exact token and drops the least recently used token first', async () => {
-  const table: [string, number, string[], boolean[]][] = [
-    ['different tokens all miss', 10, [tokenA, tokenB, tokenC], [false, false, false]],
-    ['A, B, A, C with room for 2: B is dropped, A kept', 2, [tokenA, tokenB, tokenA, tokenC, tokenA, tokenB], [false, false, true, false, true, false]],
-    ['A, B, C with room for 2: A is dropped', 2, [tokenA, tokenB, tokenC, tokenA, tokenC], [false, false, false, false, true]],
-    ['room for 1', 1, [tokenA, tokenA, tokenB, tokenA], [false, true, false, false]],
-    ['cacheSize 1.9 is floored to 1', 1.9, [tokenA, tokenB, tokenA], [false, false, false]],
+test('the cache holds tokens verified twice, keyed by the exact token, and drops the least recently placed first', async () => {
+  const table: [string, number, string[], string[], boolean[]][] = [
+    ['tokens verified once are never cached', 10, [], [tokenA, tokenB, tokenC, tokenA], [false, false, false, false]],
+    ['one-shot tokens push out no cached token', 1, [tokenA], [tokenB, tokenC, tokenA], [false, false, true]],
+    ['room for 2: placing C drops A, the oldest; A must then be seen twice again', 2, [tokenA, tokenB], [tokenC, tokenC, tokenA, tokenB, tokenC, tokenA], [false, false, false, true, true, false]],
+    ['room for 1', 1, [tokenA], [tokenA, tokenB, tokenB, tokenA], [true, false, false, false]],
+    ['cacheSize 1.9 is floored to 1', 1.9, [tokenA], [tokenB, tokenB, tokenA], [false, false, false]],
   ];
-  for (const [name, cacheSize, tokens, hits] of table) {
+  for (const [name, cacheSize, primed, tokens, hits] of table) {
     const c = cachedVerifier({ cacheSize });
+    await prime(c, primed);
     for (const t of tokens) assert.deepEqual((await outcome(c, t))[0], 'accepted', name);
     assert.deepEqual(c.events, hits, name);
   }
 });
 
+test('the slots of tokens verified once are bounded like the cache, oldest first, and a cached token\'s slot leaves them', async () => {
+  // Room for 2: A, B and C seen once; C's slot pushes out A's, so A verified again is only seen again, while C is cached.
+  const c = cachedVerifier({ cacheSize: 2 });
+  for (const t of [tokenA, tokenB, tokenC, tokenA, tokenC, tokenA, tokenC]) await c.verify(t);
+  assert.deepEqual(c.events, [false, false, false, false, false, false, true]);
+  // X seen once, A cached, Y seen once: A's slot left when A was cached, so X's is still there and X is cached when verified again.
+  const d = cachedVerifier({ cacheSize: 2 });
+  const [x, y] = ['x', 'y'].map((jti) => mint({ claims: { jti } })) as [string, string];
+  await d.verify(x);
+  await prime(d, [tokenA]);
+  for (const t of [y, x, x]) await d.verify(t);
+  assert.deepEqual(d.events, [false, false, true]);
+});
+
 test('a cached token is found by its signature but served only to the very same token text', async () => {
-  // The cache looks tokens up by their last 43 characters: anything else ending the same way is verified in full, and refused
+  // The cache looks tokens up by their last 12 characters: anything else ending the same way is verified in full, and refused
   // here, and the cached token is still served after it.
   const c = cachedVerifier();
-  assert.deepEqual(await outcome(c, tokenA), ['accepted', [false]]);
+  await prime(c, [tokenA]);
   const [h, p, sig] = split(tokenA);
   const [, otherPayload] = split(mint({ claims: { repository: 'octo-org/other-repo' } }));
   const table: [string, string, TokenReason][] = [
     ['another payload under the cached signature', `${h}.${otherPayload}.${sig}`, 'signature_invalid'],
     ['another header under the cached signature', `${encodeSegment(headerWith({ typ: 'jwt' }))}.${p}.${sig}`, 'signature_invalid'],
-    ['the cached signature cut to its last 43 characters', `${h}.${p}.${sig.slice(-43)}`, 'signature_invalid'],
+    ['the cached signature cut to its last 12 characters', `${h}.${p}.${sig.slice(-12)}`, 'signature_invalid'],
     ['the cached token with a character in front', `x${tokenA}`, 'token_malformed'],
-    ['the cached token with the last 43 characters alone', tokenA.slice(-43), 'token_malformed'],
+    ['the cached token with the last 12 characters alone', tokenA.slice(-12), 'token_malformed'],
   ];
   for (const [name, token, reason] of table) {
-    assert.equal(token.slice(-43), tokenA.slice(-43), name);
+    assert.equal(token.slice(-12), tokenA.slice(-12), name);
     assert.deepEqual(await outcome(c, token), [reason, [false]], name);
     assert.deepEqual(await outcome(c, tokenA), ['accepted', [true]], `${name}: the cached token is still served`);
   }
@@ -922,7 +944,7 @@ test('a full cache of 100 or more drops its oldest 1% at once, in placement orde
   // Finding the oldest Map entry walks the deleted ones before it: dropping 1% at a time walks them once per 1%.
   const c = cachedVerifier({ cacheSize: 200 });
   const tokens = Array.from({ length: 201 }, (_, i) => mint({ claims: { jti: `t${i}` } }));
-  for (const t of tokens) await c.verify(t);
+  await prime(c, tokens);
   const from = c.events.length;
   // The 201st token took the cache over 200: down to 198, so the first three are gone and the rest are all there.
   for (const t of [...tokens].reverse()) assert.equal((await c.verify(t)).ok, true);
@@ -933,14 +955,16 @@ test('a hit moves a token to the recently used end only from the older half: a t
   // Moving a Map entry leaves a deleted one in its bucket until the table is rehashed; a hot token moved on every hit would
   // make its own lookups walk thousands of them. So with room for 4: A B C D placed, D and C hit (recent half, not moved),
   // E, F, G placed: A, B, then C are dropped in placement order, though D was used before C. A, hit from the older half, moves.
+  // A token verified a second time is placed: e, f and g are each verified twice below.
   const [a, b, c, d, e, f, g] = ['a', 'b', 'c', 'd', 'e', 'f', 'g'].map((jti) => mint({ claims: { jti } })) as [string, string, string, string, string, string, string];
   const table: [string, string[], boolean[]][] = [
-    ['recent hits keep placement order', [a, b, c, d, d, c, e, f, g, d, c], [false, false, false, false, true, true, false, false, false, true, false]],
-    ['a hit from the older half moves', [a, b, c, d, a, e, a, b], [false, false, false, false, true, false, true, false]],
-    ['a hit placed exactly cacheSize / 2 ago moves', [a, b, c, d, b, e, f, g, b], [false, false, false, false, true, false, false, false, true]],
+    ['recent hits keep placement order', [d, c, e, e, f, f, g, g, d, c], [true, true, false, false, false, false, false, false, true, false]],
+    ['a hit from the older half moves', [a, e, e, a, b], [true, false, false, true, false]],
+    ['a hit placed exactly cacheSize / 2 ago moves', [b, e, e, f, f, g, g, b], [true, false, false, false, false, false, false, true]],
   ];
   for (const [name, tokens, hits] of table) {
     const cached = cachedVerifier({ cacheSize: 4 });
+    await prime(cached, [a, b, c, d]);
     for (const t of tokens) assert.deepEqual((await outcome(cached, t))[0], 'accepted', name);
     assert.deepEqual(cached.events, hits, name);
   }
@@ -981,9 +1005,9 @@ test('the claims of a cached token are checked again on every hit, and a token r
   for (const [name, opts, claims, move, expected] of table) {
     const c = cachedVerifier(opts);
     const token = mint({ claims });
-    assert.deepEqual(await outcome(c, token), ['accepted', [false]], name);
+    await prime(c, [token]);
     c.time.advance(move);
-    assert.equal((await outcome(c, token))[0], expected, name);
+    assert.deepEqual(await outcome(c, token), [expected, [true]], name);
     if (expected === 'accepted') continue;
     assert.deepEqual(await outcome(c, token), [expected, [false]], `${name}: refused again, in full`);
     c.time.advance(-move);
@@ -1000,10 +1024,10 @@ test('a cached token is only served while the key set answers with the very same
   ];
   for (const [name, change, expected] of table) {
     const c = cachedVerifier();
-    assert.deepEqual(await outcome(c, tokenA), ['accepted', [false]], name);
+    await prime(c, [tokenA]);
     change(c.keys);
     assert.deepEqual(await outcome(c, tokenA), [expected, [false]], `${name}: verified in full`);
-    // Refused: dropped from the cache, so verified in full once the key is back. Accepted: cached under the new key.
+    // Refused: dropped from the cache, so verified in full once the key is back (and seen once more). Accepted: cached under the new key.
     if (expected !== 'accepted') c.keys.set(key.kid, key.publicKey);
     assert.deepEqual(await outcome(c, tokenA), ['accepted', [expected === 'accepted']], `${name}: then`);
   }
@@ -1012,34 +1036,35 @@ test('a cached token is only served while the key set answers with the very same
 test('onCache is told exactly once per verification, also when a cached token is refused on its hit', async () => {
   const c = cachedVerifier();
   const token = mint({ claims: { exp: NOW + 300 } });
-  await c.verify(token);
+  await prime(c, [token]);
   c.time.advance(3_600_000);
   assert.equal((await outcome(c, token))[0], 'token_expired');
-  assert.equal(c.events.length, 2, `onCache calls: ${JSON.stringify(c.events)}`);
+  assert.deepEqual(c.events, [true], `onCache calls: ${JSON.stringify(c.events)}`);
 });
 
 test('a token verified by two requests at once is placed at the recently used end by the later one', async () => {
-  // Room for 3: X misses twice at once; the first completes, A and B are placed, then the second completes. X must now
-  // count as the newest (a Map keeps an existing key where it was on set), so C then D push out A and B, not X.
+  // Room for 3: X, seen once, misses twice at once; the first completes, A and B are placed, then the second completes. X must
+  // now count as the newest (a Map keeps an existing key where it was on set), so C then D push out A and B, not X.
   const c = cachedVerifier({ cacheSize: 3 });
   const x = mint({ claims: { jti: 'x' } });
+  await c.verify(x);
   c.hold = true;
   const [first, second] = [c.verify(x), c.verify(x)];
   await waitUntil(() => c.held.length === 2);
   c.held[0]!();
   await first;
   c.hold = false;
-  for (const t of [tokenA, tokenB]) await c.verify(t);
+  await prime(c, [tokenA, tokenB]);
   c.held[1]!();
   await second;
-  const from = c.events.length;
-  for (const t of [tokenC, mint({ claims: { jti: 'd' } }), x]) assert.equal((await c.verify(t)).ok, true);
-  assert.deepEqual(c.events.slice(from), [false, false, true]);
+  await prime(c, [tokenC, mint({ claims: { jti: 'd' } })]);
+  assert.deepEqual(await outcome(c, x), ['accepted', [true]]);
 });
 
 test('a hit and a miss interleaved never leave more than cacheSize tokens in the cache', async () => {
   const c = cachedVerifier({ cacheSize: 2 });
-  for (const t of [tokenA, tokenB]) await c.verify(t);
+  await prime(c, [tokenA, tokenB]);
+  await c.verify(tokenC); // seen once: its next verification places it
   c.hold = true;
   const hitA = c.verify(tokenA); // A stays in the cache while its key is asked
   await waitUntil(() => c.held.length === 1);
@@ -1067,5 +1092,6 @@ test('claims are frozen all the way down, so a cached token hands every request 
   const first = await accepted(token);
   for (const v of [first, first.aud, first.nested, (first.nested as Json).list, ((first.nested as Json).list as Json[])[1]]) assert.ok(Object.isFrozen(v));
   assert.throws(() => (first.aud as string[]).push('x'), TypeError);
-  assert.equal(await accepted(token), first, 'the cached verification returns the very same claims');
+  const second = await accepted(token);
+  assert.equal(await accepted(token), second, 'the cached verification returns the very same claims');
 });
