@@ -61,11 +61,11 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
   const resolve = (t: TrustedIssuer, kid: string) => Promise.resolve().then(() => t.resolveKey(kid)).catch(() => 'jwks_unavailable' as const);
   // Tokens that verified, in placement order, roughly least recently used first (a job reuses its token for minutes). A hit skips
   // only the signature, the same bytes having verified under this key: the key set is asked again (rotated, dropped, stale: full path).
-  // Found by the signature's last 12 characters (hashing all of a 1.6 KB token cost more than the rest of a hit), matched whole.
+  // Found by the signature's last 12 characters (68 bits; hashing all of a 1.6 KB token cost more than the rest of a hit), matched whole.
   const cache = new Map<string, Verified>();
   // The slots of tokens verified once: a token is cached once verified again (or when its slot is or was cached), so one-shot tokens
   // (anyone's workflow can mint them) push out no token in use, and their claims are not promoted to the old generation only to be
-  // dropped unused. V8 copies a substring shorter than 13 characters, so a slot keeps no token alive.
+  // dropped unused. V8 and JSC copy a substring shorter than 13 characters, so a slot keeps no token alive.
   const seen = new Set<string>();
   let placed = 0; // entries put at the recently used end so far: the clock of that order
   const kept = cacheSize - Math.floor(cacheSize / 100); // evicting 1% at a time: each eviction walks the deleted entries at the front
@@ -120,8 +120,12 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
     // 5. claims, now that they are known to come from the issuer
     const reason = checkClaims(payload, trusted, now() / 1000, skew, maxAge) ?? (freezeClaims(payload) ? undefined : 'token_malformed');
     if (reason) return fail(reason);
-    if (cacheSize > 0 && !found && !cache.has(slot) && !seen.has(slot)) bound(seen.add(slot));
-    else if (cacheSize > 0) bound((seen.delete(slot), cache.delete(slot), cache.set(slot, { token, kid, key, trusted, claims: payload, placed: ++placed })));
+    if (cacheSize > 0 && !hit && !cache.has(slot) && !seen.has(slot)) bound(seen.add(slot));
+    else if (cacheSize > 0) {
+      seen.delete(slot);
+      cache.delete(slot); // set() would keep an existing key where it is: deleted first, the entry goes to the recently used end
+      bound(cache.set(slot, { token, kid, key, trusted, claims: payload, placed: ++placed }));
+    }
     return { ok: true, claims: payload };
   };
 }

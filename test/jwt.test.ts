@@ -2,6 +2,8 @@ import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createPublicKey, createSecretKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import type { TokenReason } from '../src/errors.js';
 import { createKeySet } from '../src/jwks.js';
 import { createTokenVerifier, VERIFIER_DEFAULTS, type Claims, type KeyResolver, type Verification, type VerifierOptions } from '../src/jwt.js';
@@ -891,7 +893,8 @@ test('the cache holds tokens verified twice, keyed by the exact token, and drops
     ['one-shot tokens push out no cached token', 1, [tokenA], [tokenB, tokenC, tokenA], [false, false, true]],
     ['room for 2: placing C drops A, the oldest; A must then be seen twice again', 2, [tokenA, tokenB], [tokenC, tokenC, tokenA, tokenB, tokenC, tokenA], [false, false, false, true, true, false]],
     ['room for 1', 1, [tokenA], [tokenA, tokenB, tokenB, tokenA], [true, false, false, false]],
-    ['cacheSize 1.9 is floored to 1', 1.9, [tokenA], [tokenB, tokenB, tokenA], [false, false, false]],
+    // Unfloored, A hit placed 1 ago would not move (1 < 2.5 / 2), and placing C would drop A instead of B.
+    ['cacheSize 2.5 is floored to 2', 2.5, [tokenA, tokenB], [tokenA, tokenC, tokenC, tokenA], [true, false, false, true]],
   ];
   for (const [name, cacheSize, primed, tokens, hits] of table) {
     const c = cachedVerifier({ cacheSize });
@@ -899,6 +902,26 @@ test('the cache holds tokens verified twice, keyed by the exact token, and drops
     for (const t of tokens) assert.deepEqual((await outcome(c, t))[0], 'accepted', name);
     assert.deepEqual(c.events, hits, name);
   }
+});
+
+test('a token verified once leaves only its 12-character slot behind, not the token text', async () => {
+  // V8 (and JSC) copy a substring shorter than 13 characters; a longer one shares its token's memory, and would keep every
+  // one-shot token alive while its slot is remembered. Each token text here is made for its call and dropped after.
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc') as () => void;
+  const heapUsed = () => (gc(), gc(), process.memoryUsage().heapUsed);
+  const c = cachedVerifier();
+  // Tokens of 6 KB, so that one kept alive stands out from what else a verification leaves behind (under 1 KB).
+  const parts = Array.from({ length: 400 }, (_, i) => split(mint({ claims: { jti: `one-shot-${i}`, filler: 'f'.repeat(4_000) } })));
+  const verifyOnce = async (batch: typeof parts) => {
+    for (const segments of batch) assert.equal((await c.verify(segments.join('.'))).ok, true);
+  };
+  await verifyOnce(parts.slice(0, 100)); // compiled and warm, so the heap grows by what is kept alone
+  const before = heapUsed();
+  await verifyOnce(parts.slice(100));
+  const perToken = (heapUsed() - before) / 300;
+  const tokenLength = parts[0]!.join('.').length;
+  assert.ok(perToken < tokenLength / 4, `${Math.round(perToken)} bytes kept per token verified once (a token is ${tokenLength})`);
 });
 
 test('the slots of tokens verified once are bounded like the cache, oldest first, and a cached token\'s slot leaves them', async () => {
