@@ -63,9 +63,9 @@ export function createTokenVerifier(opts: VerifierOptions): (token: string) => P
   // only the signature, the same bytes having verified under this key: the key set is asked again (rotated, dropped, stale: full path).
   // Found by the signature's last 12 characters (68 bits; hashing all of a 1.6 KB token cost more than the rest of a hit), matched whole.
   const cache = new Map<string, Verified>();
-  // The slots of tokens verified once: a token is cached once verified again (or when its slot is or was cached), so one-shot tokens
-  // (anyone's workflow can mint them) push out no token in use, and their claims are not promoted to the old generation only to be
-  // dropped unused. V8 and JSC copy a substring shorter than 13 characters, so a slot keeps no token alive.
+  // The slots of tokens verified once: a token is cached when verified again (or at once if it was cached when this verification
+  // began, or its slot is now), so one-shot tokens (anyone's workflow can mint them) push out no token in use, and their claims are
+  // not promoted to the old generation only to be dropped unused. V8 and JSC copy a substring shorter than 13 characters, so a slot keeps no token alive.
   const seen = new Set<string>();
   let placed = 0; // entries put at the recently used end so far: the clock of that order
   const kept = cacheSize - Math.floor(cacheSize / 100); // evicting 1% at a time: each eviction walks the deleted entries at the front
