@@ -1084,6 +1084,32 @@ test('a token verified by two requests at once is placed at the recently used en
   assert.deepEqual(await outcome(c, x), ['accepted', [true]]);
 });
 
+test('a hit that waited on its key set leaves alone an entry placed for the same token meanwhile', async () => {
+  // Room for 2: A cached (entry 1); a hit of A waits on its key; meanwhile C pushes A out and A is verified twice again (entry 2).
+  // The waiting hit, resumed, must neither move entry 1 back over entry 2 nor, when its claims are refused, drop entry 2.
+  for (const expire of [false, true]) {
+    const c = cachedVerifier({ cacheSize: 2 });
+    const a = mint({ claims: { jti: `waited-${expire}`, exp: NOW + 300 } });
+    await prime(c, [a, tokenB]);
+    c.hold = true;
+    const waiting = c.verify(a);
+    await waitUntil(() => c.held.length === 1);
+    c.hold = false;
+    await prime(c, [tokenC]); // C placed: A, the oldest, is pushed out
+    await c.verify(a); // seen again
+    const second = await c.verify(a); // placed again: entry 2
+    assert.ok(second.ok);
+    if (expire) c.time.advance(3_600_000);
+    c.events.length = 0;
+    c.held[0]!();
+    assert.deepEqual((await waiting).ok, !expire, `expire ${expire}: the waiting hit`);
+    const next = await c.verify(a);
+    if (!expire) assert.equal(next.ok && next.claims, second.claims, 'entry 2 serves the next hit');
+    // Expired: entry 2 is still there, so the next verification is a hit, refused.
+    assert.deepEqual(c.events, [true, true], `expire ${expire}: onCache`);
+  }
+});
+
 test('a hit and a miss interleaved never leave more than cacheSize tokens in the cache', async () => {
   const c = cachedVerifier({ cacheSize: 2 });
   await prime(c, [tokenA, tokenB]);
