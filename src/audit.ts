@@ -45,9 +45,11 @@ export function jsonLines(write: (text: string) => void, minimum: () => LogLevel
     const level = levelOf(line);
     // start and stop are always written: they say which process and ports a log belongs to.
     if (RANK[level] < RANK[minimum()] && line.kind !== 'start' && line.kind !== 'stop') return;
-    if (Date.now() !== stampedAt) stamp = new Date((stampedAt = Date.now())).toISOString();
+    const now = Date.now();
+    if (now !== stampedAt) stamp = new Date((stampedAt = now)).toISOString();
     // Time and level are spliced in front of the line's JSON: copying a 20-field line to put them first cost as much as the JSON.
-    const json = Object.hasOwn(line, 'level') || Object.hasOwn(line, 'time') ? '{}' : JSON.stringify(line);
+    // A line with a time or level of its own, or no fields, is copied instead, so that no key is written twice.
+    const json = Object.hasOwn(line, 'level') || Object.hasOwn(line, 'time') ? '' : JSON.stringify(line);
     write(json.length > 2 ? `{"time":"${stamp}","level":"${level}",${json.slice(1)}\n` : `${JSON.stringify(Object.assign({ time: stamp, level }, line))}\n`);
   };
 }
