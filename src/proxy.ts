@@ -34,12 +34,13 @@ export function createAgent(upstream: URL): http.Agent {
 /** Forwards `req` and streams the answer into `res`. Resolves once both sides are done; never rejects. */
 export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOptions): Promise<ForwardOutcome> {
   return new Promise((resolve) => {
-    let bytesIn = 0, bytesOut = 0, headSent = false;
+    let bytesIn = 0, bytesOut = 0, headSent = false, settled = false;
     let upstreamStatus: number | undefined;
     let timer: ReturnType<typeof setTimeout> | undefined;
 
-    // Only the first outcome counts: resolve ignores later calls.
+    // Only the first outcome counts: resolve ignores later calls, and a settled exchange is never sent again (below).
     const settle = (reason?: Reason) => {
+      settled = true;
       clearTimeout(timer);
       resolve({ reason, headSent, upstreamStatus, bytesIn, bytesOut });
     };
@@ -74,7 +75,8 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
       });
       out.on('error', (err: NodeJS.ErrnoException) => {
         const unanswered = out.socket?.bytesRead === readBefore && (err.code === 'ECONNRESET' || err.code === 'EPIPE');
-        if (retriable && agent && out.reusedSocket && unanswered && !res.destroyed) return (clearTimeout(timer), send(false));
+        // Not once settled: destroying the request ourselves (a timeout) looks the same on Bun, and the client has its answer.
+        if (retriable && !settled && agent && out.reusedSocket && unanswered && !res.destroyed) return (clearTimeout(timer), send(false));
         settle(headSent ? 'upstream_reset' : 'upstream_unreachable');
       });
       // We strip Upgrade, so an unsolicited 101 is a broken or hostile upstream (Node reports it here, not as a response).

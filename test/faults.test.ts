@@ -593,13 +593,17 @@ test('an upstream that resets mid-response cuts the client response after its 20
   assert.equal(line.decision, 'allow');
 });
 
-test('an upstream that accepts the request and never answers is 504 upstream_timeout after upstreamHeadMs, and the next request passes', async () => {
+test('an upstream that accepts the request and never answers is 504 upstream_timeout after upstreamHeadMs, is not sent the request again, and the next request passes', async () => {
+  // A pooled connection for the GET to go out on: giving up on a reused socket must not look like the upstream's reset.
+  assert.equal((await get(`${(await upstreamGateway()).url}/scripted/warm`, auth(TOKEN))).status, 200);
   const started = Date.now();
-  const { gw, failed, requests } = await scriptedFault(() => {});
+  const { gw, failed, path, requests } = await scriptedFault(() => {});
   const waited = Date.now() - started;
   assert.equal(requests, 1);
   await assertRefused(gw, failed, 504, 'upstream_timeout');
   assert.ok(waited >= 290 && waited < 3_000, `answered after ${waited} ms with upstreamHeadMs 300`);
+  await sleep(300);
+  assert.equal(scripted.received.filter((l) => l.startsWith(`GET ${path.slice('/scripted'.length)} `)).length, 1, 'sent again after the 504');
 });
 
 test('an upstream that sends 64 KiB of headers is 502 upstream_unreachable, and the next request passes', async () => {
