@@ -99,10 +99,7 @@ export function beginExchange(req: IncomingMessage, out: ServerResponse | Duplex
 }
 
 /** allow: admitted (even if the upstream failed later); error: we could not serve it; deny: refused. */
-function decisionOf(status: number, reason: Reason | undefined): 'allow' | 'deny' | 'error' {
-  if (status < 400 || reason === undefined) return 'allow';
-  return status >= 499 ? 'error' : 'deny';
-}
+const decisionOf = (status: number, reason: Reason | undefined) => (status < 400 || reason === undefined ? 'allow' : status >= 499 ? 'error' : 'deny');
 
 /** A refusal on the wire, through the ServerResponse or, on a CONNECT socket, which has none, written by hand. */
 function reply(out: ServerResponse | Duplex, status: number, reason: Reason, id: string, bodyPending: boolean): void {

@@ -1,5 +1,4 @@
-// The one JSON config: types, defaults, and validation that reports every
-// problem at once as `json.path: problem`. Nothing starts half-configured.
+// The one JSON config: types, defaults, and validation that reports every problem at once as `json.path: problem`.
 import { isIP } from 'node:net';
 import type { LogLevel } from './audit.js';
 import { checkDestinationPattern } from './destination.js';
@@ -47,9 +46,7 @@ const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error'];
 
 /** Every tunable number as [default, min, max]; the token and key defaults are those of the modules that use them. */
 const RANGES = {
-  token: {
-    clockSkewSeconds: [VERIFIER_DEFAULTS.clockSkewSeconds, 0, 600], maxBytes: [VERIFIER_DEFAULTS.maxTokenBytes, 1024, 65_536], cacheSize: [VERIFIER_DEFAULTS.cacheSize, 0, 100_000],
-  },
+  token: { clockSkewSeconds: [VERIFIER_DEFAULTS.clockSkewSeconds, 0, 600], maxBytes: [VERIFIER_DEFAULTS.maxTokenBytes, 1024, 65_536], cacheSize: [VERIFIER_DEFAULTS.cacheSize, 0, 100_000] },
   keys: { fetchTimeoutMs: [KEYSET_DEFAULTS.fetchTimeoutMs, 100, 60_000], cooldownMs: [KEYSET_DEFAULTS.cooldownMs, 1_000, 3_600_000], staleIfErrorMs: [KEYSET_DEFAULTS.staleIfErrorMs, 0, 604_800_000] },
   timeouts: { upstreamConnectMs: [5_000, 10, 600_000], upstreamHeadMs: [30_000, 10, 3_600_000], idleMs: [300_000, 10, 86_400_000], clientHeadersMs: [10_000, 10, 600_000], keepAliveMs: [5_000, 1_000, 3_600_000], drainGraceMs: [0, 0, 600_000], drainMs: [25_000, 0, 600_000] },
 } as const;

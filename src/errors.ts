@@ -1,5 +1,4 @@
-// The one vocabulary of refusals. The same words appear in code, in the
-// response body, in the audit log, in metrics and in the README table.
+// The one vocabulary of refusals: the same words in code, in the response body, the audit log, metrics and the README table.
 
 /** Why a token was refused, with its status. Every failure of verification is exactly one of these. */
 const TOKEN_STATUS = {

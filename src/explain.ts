@@ -1,6 +1,5 @@
-// `oidc-gateway explain`: which routes and tunnels a token (or a set of claims) may use and, for each rule that keeps it out,
-// the first claim that failed with its value and the pattern side by side. The same config, verification and policy code
-// as the gateway; no listener is started.
+// `oidc-gateway explain`: which routes and tunnels a token (or claims) may use and, for each rule that keeps it out, the
+// first failing claim with its value and pattern side by side. The gateway's own config, verification and policy code.
 import type { GatewayConfig } from './config.js';
 import { compileDestinations, parseAuthority } from './destination.js';
 import { createKeySet } from './jwks.js';

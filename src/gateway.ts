@@ -1,6 +1,5 @@
-// Wires one request through the steps, in one direction only:
-//   target → route or destination → token → verify (keys) → policy → proxy or
-//   tunnel → one audit line. Nothing is contacted before every step said yes.
+// Wires one request through the steps, in one direction only: target → route or destination → token → verify (keys) →
+// policy → proxy or tunnel → one audit line. Nothing is contacted before every step said yes.
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Agent, IncomingMessage, ServerResponse } from 'node:http';
@@ -161,10 +160,8 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
     if (!verified.ok) return refuse(verified.reason);
     entry.identity = identityOf(verified.claims);
     const decision = evaluate(r.policy, verified.claims);
-    if (!decision.allowed) {
-      // At debug, each rule's first failing claim with value and pattern, as `explain` prints them.
-      return refuse('claim_mismatch', { claim: decision.claim, rules: p.config.log.level === 'debug' ? explainPolicy(r.policy, verified.claims) : undefined });
-    }
+    // At debug, each rule's first failing claim with value and pattern, as `explain` prints them.
+    if (!decision.allowed) return refuse('claim_mismatch', { claim: decision.claim, rules: p.config.log.level === 'debug' ? explainPolicy(r.policy, verified.claims) : undefined });
     entry.rule = decision.rule;
     if (r.upstream && r.agent) return { upstream: r.upstream, agent: r.agent, path: routed.upstreamPath + target.query, claims: verified.claims, forwardClaims: r.forwardClaims };
     // Forward-auth (nginx auth_request, Traefik ForwardAuth, Envoy ext_authz): the verdict is the answer.

@@ -1,5 +1,4 @@
-// Header hygiene: what a request must look like before we work on it, where
-// the token comes from, and the headers we build (never edit) for each hop.
+// Header hygiene: what a request must look like, where its token comes from, and the headers we build (never edit) for each hop.
 import type { OutgoingHttpHeaders } from 'node:http';
 import type { Claims } from './jwt.js';
 import { claimText } from './policy.js';

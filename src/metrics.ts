@@ -1,6 +1,5 @@
-// Prometheus text format (0.0.4), written by hand. Counters are fed from the
-// audit lines themselves, so a reason reads the same in the log and in a
-// label; what the gateway holds (keys, open tunnels) is read at scrape time.
+// Prometheus text format (0.0.4), written by hand. Counters are fed from the audit lines themselves, so a reason reads
+// the same in the log and in a label; what the gateway holds (keys, open tunnels) is read at scrape time.
 import type { Log } from './audit.js';
 import type { KeySetStatus } from './jwks.js';
 
@@ -46,8 +45,7 @@ export function createMetrics(): { observe: Log; render(held: Snapshot): string 
     const kind = String(line.kind);
     if (kind === 'keys' && line.result !== 'key_skipped') add('jwks_fetches_total', { issuer: String(line.issuer), result: String(line.result) });
     if (kind !== 'request' && kind !== 'forward' && kind !== 'tunnel') return;
-    const route = String(line.route ?? '');
-    const reason = String(line.reason ?? '');
+    const route = String(line.route ?? ''), reason = String(line.reason ?? '');
     add('requests_total', { kind, route, decision: String(line.decision), reason });
     if (reason.startsWith('upstream_')) add('upstream_errors_total', { reason });
     add('bytes_total', { direction: 'in' }, Number(line.bytesIn ?? line.bytesUp ?? 0));
@@ -55,8 +53,7 @@ export function createMetrics(): { observe: Log; render(held: Snapshot): string 
     // A tunnel's life is not a request's duration: it would swamp the buckets.
     if (kind === 'tunnel') return;
     const key = textOf({ route });
-    const h = durations.get(key) ?? { buckets: BUCKETS.map(() => 0), sum: 0, count: 0 };
-    durations.set(key, h);
+    const h = durations.get(key) ?? durations.set(key, { buckets: BUCKETS.map(() => 0), sum: 0, count: 0 }).get(key)!;
     const seconds = Number(line.ms) / 1000;
     for (let i = 0; i < BUCKETS.length; i++) if (seconds <= BUCKETS[i]!) h.buckets[i]!++;
     h.sum += seconds;

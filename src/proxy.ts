@@ -70,9 +70,7 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
       });
       out.setTimeout(o.timeouts.idleMs, giveUp('upstream_timeout'));
       // From the request fully sent to the response head, like Go's ResponseHeaderTimeout.
-      out.on('finish', () => {
-        if (upstreamStatus === undefined) timer = setTimeout(giveUp('upstream_timeout'), o.timeouts.upstreamHeadMs);
-      });
+      out.on('finish', () => { if (upstreamStatus === undefined) timer = setTimeout(giveUp('upstream_timeout'), o.timeouts.upstreamHeadMs); });
       out.on('error', (err: NodeJS.ErrnoException) => {
         const unanswered = out.socket?.bytesRead === readBefore && (err.code === 'ECONNRESET' || err.code === 'EPIPE');
         // Not once settled: destroying the request ourselves (a timeout) looks the same on Bun, and the client has its answer.

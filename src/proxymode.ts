@@ -56,13 +56,12 @@ export function createProxyMode(log: Log) {
     for (const t of plan.tunnels) {
       if (!t.destinations.matches(dest)) continue;
       const decision = evaluate(t.policy, verified.claims);
-      if (!decision.allowed) {
-        claim ??= decision.claim;
-        continue;
+      if (decision.allowed) {
+        const resolved = await resolveDestination(dest, t.destinations, ownPorts, plan.config.timeouts.upstreamConnectMs);
+        if ('reason' in resolved) return void ex.refuse(resolved.reason);
+        return { tunnel: t, claims: verified.claims, address: resolved.address };
       }
-      const resolved = await resolveDestination(dest, t.destinations, ownPorts, plan.config.timeouts.upstreamConnectMs);
-      if ('reason' in resolved) return void ex.refuse(resolved.reason);
-      return { tunnel: t, claims: verified.claims, address: resolved.address };
+      claim ??= decision.claim;
     }
     return void (claim !== undefined ? ex.refuse('claim_mismatch', { claim }) : ex.refuse('connect_target_denied'));
   }

@@ -21,8 +21,7 @@ export interface Listeners {
 }
 
 export function createListeners(gateway: Gateway, config: GatewayConfig): Listeners {
-  // Server timeouts are set as properties: that works on Node and Bun alike. Only
-  // connectionsCheckingInterval must be an option, for sub-30 s enforcement on Node.
+  // Timeouts set as properties work on Node and Bun alike; connectionsCheckingInterval must be an option (sub-30 s on Node).
   const publicServer = http.createServer({ maxHeaderSize: MAX_HEADER_BYTES, connectionsCheckingInterval: 1_000 });
   const configure = (c: GatewayConfig) => {
     publicServer.headersTimeout = c.timeouts.clientHeadersMs;
