@@ -11,7 +11,7 @@ const TOKEN_STATUS = {
 export const STATUS = {
   ...TOKEN_STATUS,
   claim_mismatch: 403, connect_target_denied: 403,
-  bad_request: 400, route_unknown: 404, method_not_allowed: 405, upstream_unreachable: 502, upstream_timeout: 504,
+  bad_request: 400, route_unknown: 404, method_not_allowed: 405, upstream_unreachable: 502, upstream_timeout: 504, gateway_stopping: 503,
   // Log only: by the time these happen the response head is already written.
   upstream_reset: 502, client_aborted: 499,
 } as const;

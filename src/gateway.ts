@@ -12,7 +12,7 @@ import { createKeySet, type KeySet, type KeySetOptions } from './jwks.js';
 import { createTokenVerifier, type Claims, type KeyResolver, type VerifierOptions } from './jwt.js';
 import { createMetrics } from './metrics.js';
 import { compilePolicy, evaluate, explainPolicy, type Policy } from './policy.js';
-import { createAgent, forward } from './proxy.js';
+import { createAgent, forward, stopForward } from './proxy.js';
 import { compileTunnels, createProxyMode, type Admitted, type ProxyPlan } from './proxymode.js';
 import { createRouter, parseTarget, type Routed } from './router.js';
 
@@ -34,7 +34,7 @@ export interface Gateway {
   reload(config: GatewayConfig): void;
   /** Turns readiness false for good and asks clients to close their connections: the start of a shutdown. */
   drain(): void;
-  /** Stops key refreshes, closes open tunnels and upstream connection pools; resolves once every tunnel is logged. */
+  /** Stops key refreshes, ends what is still forwarding (gateway_stopping), tunnels and pools; resolves once all is logged. */
   stop(): Promise<void>;
   ready(): boolean;
 }
@@ -208,8 +208,8 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
     },
     async stop() {
       for (const k of keySetPool.values()) k.stop();
-      // In-use sockets are cut with an error first: a plain close looks like the upstream's own, which a GET is resent after.
-      for (const a of agents.values()) (Object.values(a.sockets).flat().forEach((s) => s?.destroy(new Error('gateway stopping'))), a.destroy());
+      for (const res of inflight) if (res) stopForward(res);
+      for (const a of agents.values()) a.destroy();
       await proxyMode.stop();
       // Exchanges cut at the drain deadline still write their audit lines, some after a key fetch: wait for them, within bounds.
       await Promise.race([new Promise<void>((resolve) => (unlogged === 0 ? resolve() : waiting.push(resolve))), sleep(plan.config.keys.fetchTimeoutMs + 1_000, undefined, { ref: false })]);

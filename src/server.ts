@@ -16,7 +16,7 @@ export interface Listeners {
   /** Applies a reloaded config's client timeouts (the addresses stay as bound). */
   configure(config: GatewayConfig): void;
   /** Turns readiness false; keeps accepting for `graceMs`, every answer asking the client to close (a second call ends the
-   *  grace); then stops accepting, lets in-flight requests and tunnels finish for up to `drainMs`, and cuts the rest. */
+   *  grace); then stops accepting, lets in-flight requests and tunnels finish for up to `drainMs`, and ends the rest. */
   close(drainMs: number, graceMs?: number): Promise<void>;
 }
 
@@ -76,8 +76,9 @@ export function createListeners(gateway: Gateway, config: GatewayConfig): Listen
       const closed = new Promise((resolve) => publicServer.close(resolve));
       // server.close() waits for keep-alive sockets: close the idle ones as in-flight exchanges end.
       const sweep = setInterval(() => publicServer.closeIdleConnections(), 100);
-      // Clients first, so what is cut is logged as theirs; CONNECT sockets are not the server's: the gateway ends its tunnels.
-      const deadline = setTimeout(() => (publicServer.closeAllConnections(), void gateway.stop()), drainMs);
+      // The gateway first: a request still waiting on its upstream is answered 503 gateway_stopping, and the clients'
+      // connections close a turn later, the answers written. CONNECT sockets are not the server's: the gateway ends tunnels.
+      const deadline = setTimeout(() => (void gateway.stop(), setImmediate(() => publicServer.closeAllConnections())), drainMs);
       publicServer.closeIdleConnections();
       await closed;
       clearInterval(sweep);

@@ -82,5 +82,5 @@ export function openTunnel(client: Duplex, head: Buffer, o: TunnelOptions): Tunn
     if (o.closeAt !== undefined) deadline(o.closeAt);
   });
 
-  return { done, close: () => end('shutdown') };
+  return { done, close: () => end('shutdown', 'gateway_stopping') };
 }

@@ -3,7 +3,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { generateRsaKey, httpGet, signToken, startIssuer, startRecorder, waitUntil, type Issuer, type Recorder, type TestKey } from './helpers.ts';
+import { generateRsaKey, httpGet, httpRequest, signToken, startIssuer, startRecorder, waitUntil, type Issuer, type Recorder, type TestKey } from './helpers.ts';
 
 let key: TestKey;
 let issuer: Issuer;
@@ -74,10 +74,10 @@ async function mountHeld(answer: (res: http.ServerResponse) => void) {
     await new Promise((resolve) => host.close(resolve));
     await held.close();
   };
-  return { held, answers, gateway, lines, get, close };
+  return { held, answers, gateway, lines, url, token, get, close };
 }
 
-test('drain() asks a response still waiting on its upstream to close, and two overlapping stop() calls both resolve as soon as the exchange they wait for is logged', { timeout: 10_000 }, async () => {
+test('drain() asks a response still waiting on its upstream to close, and two overlapping stop() calls both resolve as soon as the exchange they end is logged', { timeout: 10_000 }, async () => {
   // Each answer closes its connection, so the second request is on a new upstream socket.
   const { answers, gateway, lines, get, close } = await mountHeld((res) => res.writeHead(200, { connection: 'close' }).end('late'));
   try {
@@ -96,14 +96,14 @@ test('drain() asks a response still waiting on its upstream to close, and two ov
     // Without a waiter each, the first call would wait out the bound (the key fetch timeout plus 1 s, 6 s here).
     await Promise.all([gateway.stop(), gateway.stop()]);
     assert.ok(Date.now() - began < 3_000, `stop() took ${Date.now() - began} ms`);
-    assert.equal((await second).status, 502);
-    assert.deepEqual(lines.filter((l) => l.kind === 'request').map((l) => l.status), [200, 502]);
+    assert.equal((await second).status, 503);
+    assert.deepEqual(lines.filter((l) => l.kind === 'request').map((l) => l.status), [200, 503]);
   } finally {
     await close();
   }
 });
 
-test('stop() cuts a request waiting on a reused upstream connection without sending it again: 502, one upstream hit, nothing left open', { timeout: 10_000 }, async () => {
+test('stop() ends a request waiting on a reused upstream connection without sending it again: 503 gateway_stopping, one upstream hit, nothing left open', { timeout: 10_000 }, async () => {
   // Keep-alive answers: the second request goes out on the pooled socket the first one used.
   const { held, answers, gateway, lines, get, close } = await mountHeld((res) => res.writeHead(200, { 'content-length': '2' }).end('ok'));
   try {
@@ -115,16 +115,39 @@ test('stop() cuts a request waiting on a reused upstream connection without send
     const second = get();
     await waitUntil(() => answers.length === 2);
     const began = Date.now();
-    // The client's connection stays open: only stop() ends the exchange. A socket it destroys is not an upstream's
-    // reset, so the request is not sent once more on a new connection that would outlive stop().
+    // The client's connection stays open: only stop() ends the exchange. Its cut is not an upstream's reset, so the
+    // request is not sent once more on a new connection that would outlive stop().
     await gateway.stop();
     assert.ok(Date.now() - began < 3_000, `stop() took ${Date.now() - began} ms`);
-    assert.equal((await second).status, 502);
+    const stopped = await second;
+    assert.equal(stopped.status, 503);
+    assert.deepEqual(JSON.parse(stopped.body).error, 'gateway_stopping');
+    assert.equal(stopped.headers['retry-after'], '5');
     await new Promise((resolve) => setTimeout(resolve, 300));
     assert.equal(held.hits(), 2, 'the cut request was sent again');
     const open = await new Promise<number>((resolve, reject) => held.server.getConnections((err, n) => (err ? reject(err) : resolve(n))));
     assert.equal(open, 0);
-    assert.deepEqual(lines.filter((l) => l.kind === 'request').map((l) => [l.status, l.reason]), [[200, undefined], [502, 'upstream_unreachable']]);
+    assert.deepEqual(lines.filter((l) => l.kind === 'request').map((l) => [l.status, l.reason, l.decision]), [[200, undefined, 'allow'], [503, 'gateway_stopping', 'error']]);
+  } finally {
+    await close();
+  }
+});
+
+test('stop() cuts a response under way: the client gets a cut body, the upstream connection closes, and the line says gateway_stopping', { timeout: 10_000 }, async () => {
+  // Half the body, then the upstream waits.
+  const { held, answers, gateway, lines, url, token, close } = await mountHeld((res) => res.writeHead(200, { 'content-length': '8' }).write('half'));
+  try {
+    const { req, answer } = httpRequest(url, { headers: { 'gateway-authorization': token } });
+    const head = new Promise<http.IncomingMessage>((resolve) => req.on('response', resolve));
+    req.end();
+    await waitUntil(() => answers.length === 1);
+    answers[0]!();
+    assert.equal((await head).statusCode, 200);
+    await gateway.stop();
+    await assert.rejects(answer, 'the cut response must not look complete');
+    await waitUntil(async () => (await new Promise<number>((resolve, reject) => held.server.getConnections((err, n) => (err ? reject(err) : resolve(n))))) === 0);
+    assert.equal(held.hits(), 1);
+    assert.deepEqual(lines.filter((l) => l.kind === 'request').map((l) => [l.status, l.reason, l.decision]), [[200, 'gateway_stopping', 'allow']]);
   } finally {
     await close();
   }

@@ -868,6 +868,24 @@ test('a tunnel that ends during the drain still gets its audit line before the g
   assert.equal(line.closedBy, 'client');
 });
 
+test('a tunnel still open at the drain deadline is cut, logged as gateway_stopping with closedBy "shutdown", and the gateway exits 0', { timeout: 20_000 }, async () => {
+  const g = await startGateway({ issuers: [{ issuer: issuer.issuer, audience: AUD }], tunnels: [{ to: [literal(tcpEcho.port)], allow: [RULE] }], timeouts: { drainMs: 300 } });
+  try {
+    const c = openConnect(g.port, literal(tcpEcho.port), [bearer(token())]);
+    assert.equal((await c.answer).status, 200);
+    c.socket.write('ping');
+    await c.receivedAtLeast(4);
+    g.process.child.kill('SIGTERM');
+    assert.deepEqual(await within(g.process.exited, 5_000, 'the exit at the drain deadline'), { code: 0, signal: null });
+    await within(c.closed, 2_000, 'the client side closing');
+    const line = g.logs().find((l) => l.kind === 'tunnel');
+    assert.ok(line, `no tunnel line in: ${g.process.stdout()}`);
+    assert.deepEqual([line.status, line.reason, line.closedBy, line.bytesUp, line.bytesDown], [200, 'gateway_stopping', 'shutdown', 4, 4]);
+  } finally {
+    await g.close();
+  }
+});
+
 // ---------------------------------------------------------------- the audit log
 
 test('a refused CONNECT whose client never closes its side is closed by the gateway within seconds', async () => {
