@@ -12,7 +12,7 @@ import { createKeySet, type KeySet, type KeySetOptions } from './jwks.js';
 import { createTokenVerifier, type Claims, type KeyResolver, type VerifierOptions } from './jwt.js';
 import { createMetrics } from './metrics.js';
 import { compilePolicy, evaluate, explainPolicy, type Policy } from './policy.js';
-import { createAgent, forward, stopForward } from './proxy.js';
+import { createAgent, forward } from './proxy.js';
 import { compileTunnels, createProxyMode, type Admitted, type ProxyPlan } from './proxymode.js';
 import { createRouter, parseTarget, type Routed } from './router.js';
 
@@ -76,9 +76,11 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
   const proxyMode = createProxyMode(log);
   const tokenCache = { hits: 0, misses: 0 };
   let started = false, draining = false;
-  // Responses not yet answered (a drain asks them to close), and how many exchanges are not yet logged (a stop waits). Not
-  // Sets: V8 keeps what a Set's discarded tables pointed to alive through young-generation GCs, promoting whole requests.
+  // Responses not yet answered (a drain asks them to close) with what ends their forwarding (a stop does), and how many
+  // exchanges are not yet logged (a stop waits). Not Sets or WeakMaps: under load V8 promotes whole requests through
+  // what a Set's discarded tables point to, and a WeakMap entry per request cost as much CPU as the gateway's work.
   const inflight: (ServerResponse | undefined)[] = [];
+  const stops: ((() => void) | undefined)[] = [];
   const freeSlots: number[] = [];
   const waiting: (() => void)[] = [];
   let unlogged = 0;
@@ -123,7 +125,7 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
     if (draining) res.setHeader('connection', 'close');
     const slot = freeSlots.pop() ?? inflight.push(undefined) - 1;
     inflight[slot] = res;
-    const done = () => inflight[slot] === res && ((inflight[slot] = undefined), freeSlots.push(slot));
+    const done = () => inflight[slot] === res && ((inflight[slot] = stops[slot] = undefined), freeSlots.push(slot));
     res.once('finish', done).once('close', done);
     const head = inspectHead(req.rawHeaders, p.config.token.header);
     ex.bodyPending = head.hasBody;
@@ -139,7 +141,8 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
       clientIp: ex.client, requestId: ex.id, bodyFraming: head.bodyFraming,
       trustedPeer: p.config.trustedProxies.length > 0 && ex.client !== '' && p.trusted.check(ex.client, isIPv4(ex.client) ? 'ipv4' : 'ipv6'),
     });
-    ex.settle(await forward(req, res, { upstream: to.upstream, agent: to.agent, path: to.path, headers, timeouts: p.config.timeouts, hasBody: head.hasBody }));
+    const onStoppable = (stop: () => void) => void (inflight[slot] === res && (stops[slot] = stop));
+    ex.settle(await forward(req, res, { upstream: to.upstream, agent: to.agent, path: to.path, headers, timeouts: p.config.timeouts, hasBody: head.hasBody, onStoppable }));
   }
 
   /** Target, route, method, token, claims: where the request goes, or nothing once it was answered. */
@@ -208,7 +211,7 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
     },
     async stop() {
       for (const k of keySetPool.values()) k.stop();
-      for (const res of inflight) if (res) stopForward(res);
+      for (const stop of stops) stop?.();
       for (const a of agents.values()) a.destroy();
       await proxyMode.stop();
       // Exchanges cut at the drain deadline still write their audit lines, some after a key fetch: wait for them, within bounds.

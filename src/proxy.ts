@@ -14,6 +14,8 @@ export interface ForwardOptions {
   readonly timeouts: GatewayConfig['timeouts'];
   /** Without a body the upstream request ends at once. */
   readonly hasBody: boolean;
+  /** Receives what ends this exchange as `gateway_stopping`, for a shutdown: answered 503 if no head was sent yet, else cut. */
+  readonly onStoppable?: (stop: () => void) => void;
 }
 
 export interface ForwardOutcome {
@@ -30,11 +32,6 @@ export function createAgent(upstream: URL): http.Agent {
   const options = { keepAlive: true, maxFreeSockets: 1_024, scheduling: 'lifo' as const, timeout: 4_000 };
   return upstream.protocol === 'https:' ? new https.Agent(options) : new http.Agent(options);
 }
-
-// Each response's exchange in flight, for stop() to end; held weakly, so an exchange that ends needs no cleanup.
-const inFlight = new WeakMap<ServerResponse, () => void>();
-/** Ends the exchange forwarded for `res`, if any, as `gateway_stopping`: answered 503 if no head was sent yet, else cut. */
-export const stopForward = (res: ServerResponse): void => inFlight.get(res)?.();
 
 /** Forwards `req` and streams the answer into `res`. Resolves once both sides are done; never rejects. */
 export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOptions): Promise<ForwardOutcome> {
@@ -91,7 +88,7 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
 
     // The client going away cancels the upstream exchange at any stage.
     res.on('close', () => { if (!res.writableFinished) giveUp('client_aborted')(); });
-    inFlight.set(res, giveUp('gateway_stopping'));
+    o.onStoppable?.(giveUp('gateway_stopping'));
     req.on('data', (chunk: Buffer) => (bytesIn += chunk.length));
     req.on('error', () => out.destroy());
     send(o.agent);
