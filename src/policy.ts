@@ -9,8 +9,9 @@ export type Rule = Readonly<Record<string, string | readonly string[]>>;
 type Glob = readonly string[];
 
 type CompiledRule = readonly { readonly name: string; readonly at: number; readonly alternatives: readonly Glob[] }[];
-/** Rules whose claims point into `names`, so a request reads each claim once however many rules name it. */
-export type Policy = { readonly names: readonly string[]; readonly rules: readonly CompiledRule[] };
+/** Rules whose claims point into `names`, so a request reads each claim once however many rules name it. The rules that
+ *  require exact values of claim `keyAt` are listed under those values, the others in `rest`, each list in rule order. */
+export type Policy = { readonly names: readonly string[]; readonly rules: readonly CompiledRule[]; readonly keyAt: number; readonly byValue: ReadonlyMap<string, readonly number[]>; readonly rest: readonly number[] };
 
 // A rule must say whose workflows may come in: one on aud or ref alone admits every workflow on GitHub. Ids and owners
 // must be exact; path-like claims must fix the owner ("octo-org/..."), so "*/repo" or "octo*" (octo-evil) do not pin.
@@ -37,19 +38,30 @@ export function matchGlob(glob: Glob, value: string): boolean {
 
 export function compilePolicy(rules: readonly Rule[]): Policy {
   const names = [...new Set(rules.flatMap((rule) => Object.keys(rule)))];
-  return { names, rules: rules.map((rule) => Object.keys(rule).map((name) => ({ name, at: names.indexOf(name), alternatives: patternsOf(rule[name]!).map(compileGlob) }))) };
+  const compiled = rules.map((rule) => Object.keys(rule).map((name) => ({ name, at: names.indexOf(name), alternatives: patternsOf(rule[name]!).map(compileGlob) })));
+  // Keyed by the claim with the most distinct exact values (repository, say), a request checks in full only the rules its
+  // value there can satisfy, and those that require no exact value there: a rule left out could not have admitted it.
+  const exactOn = (rule: CompiledRule, at: number) => rule.find((c) => c.at === at && c.alternatives.every((g) => g.length === 1));
+  const distinct = names.map((_, at) => new Set(compiled.flatMap((rule) => exactOn(rule, at)?.alternatives.map(([v]) => v) ?? [])).size);
+  const keyAt = distinct.indexOf(Math.max(...distinct));
+  const byValue = new Map<string, number[]>(), rest: number[] = [];
+  compiled.forEach((rule, r) => {
+    const key = exactOn(rule, keyAt);
+    if (!key) return void rest.push(r);
+    for (const [value = ''] of key.alternatives) byValue.get(value)?.push(r) ?? byValue.set(value, [r]);
+  });
+  return { names, rules: compiled, keyAt, byValue, rest };
 }
 
 /** The first rule that admits the claims, or the first claim that kept the first rule out. */
 export function evaluate(policy: Policy, claims: Claims): { allowed: true; rule: number } | { allowed: false; claim: string } {
   const values = claimValues(policy, claims);
-  let failed: string | undefined;
-  for (let r = 0; r < policy.rules.length; r++) {
-    const miss = firstMismatch(policy.rules[r]!, values);
-    if (miss === undefined) return { allowed: true, rule: r };
-    failed ??= miss.name;
-  }
-  return { allowed: false, claim: failed ?? '' };
+  const key = values[policy.keyAt], keyed = key === undefined ? undefined : policy.byValue.get(key);
+  const admits = (r: number) => firstMismatch(policy.rules[r]!, values) === undefined;
+  // Both lists are in rule order: the rule the config lists first wins, as if every rule were tried in turn.
+  const rule = Math.min(keyed?.find(admits) ?? Infinity, policy.rest.find(admits) ?? Infinity);
+  if (rule !== Infinity) return { allowed: true, rule };
+  return { allowed: false, claim: (policy.rules[0] && firstMismatch(policy.rules[0], values)?.name) ?? '' };
 }
 
 /** The rule's first condition the claims fail, or undefined when the rule admits them. */

@@ -238,6 +238,48 @@ test('a claim that many rules name is read once per evaluation, not once per rul
   assert.equal(reads, 1);
 });
 
+test('with 1,000 rules the rule the config lists first wins, whether or not it requires an exact value of the keyed claim', () => {
+  const many = Array.from({ length: 998 }, (_, i) => ({ repository: `octo-org/repo-${i}`, ref: 'refs/heads/main' }));
+  const policy = compilePolicy([{ repository: 'octo-org/*', ref: 'refs/heads/release' }, ...many, { repository: 'octo-org/octo-repo' }, { repository: 'octo-org/*' }]);
+  // Keyed by repository, the claim with the most distinct exact values (ref has two).
+  assert.equal(policy.names[policy.keyAt], 'repository');
+  assert.deepEqual(evaluate(policy, verified({ repository: 'octo-org/octo-repo', ref: 'refs/heads/release' })), { allowed: true, rule: 0 });
+  assert.deepEqual(evaluate(policy, MAIN), { allowed: true, rule: 999 });
+  assert.deepEqual(evaluate(policy, verified({ repository: 'octo-org/repo-7', ref: 'refs/heads/main' })), { allowed: true, rule: 8 });
+  assert.deepEqual(evaluate(policy, verified({ repository: 'octo-org/repo-7', ref: 'refs/heads/dev' })), { allowed: true, rule: 1_000 });
+  assert.deepEqual(evaluate(policy, verified({ repository: 'evil-org/repo-7', ref: 'refs/heads/main' })), { allowed: false, claim: 'repository' });
+  assert.deepEqual(evaluate(policy, verified({ ref: 'refs/heads/main' })), { allowed: false, claim: 'repository' });
+});
+
+test('evaluate agrees with trying every rule in turn on 20,000 random policies and claims (exact values, globs, alternatives, numbers, missing claims)', () => {
+  let seed = 7;
+  // The high bits: the low bits of this generator repeat with short periods.
+  const random = (n: number) => ((seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31), Math.floor((seed / 2 ** 31) * n));
+  const pick = <T>(list: readonly T[]): T => list[random(list.length)]!;
+  const NAMES = ['a', 'b', 'c'], VALUES = ['x', 'y', 'xy', '1', 'true'], PATTERNS = [...VALUES, 'x*', '*y', '*'];
+  const inTurn = (rules: readonly Rule[], claims: Claims) => {
+    const admits = (rule: Rule) => Object.keys(rule).every((n) => [rule[n]!].flat().some((p) => claimText(claims, n) !== undefined && glob(p, claimText(claims, n)!)));
+    const rule = rules.findIndex(admits);
+    if (rule >= 0) return { allowed: true, rule };
+    const first = rules[0];
+    return { allowed: false, claim: first ? Object.keys(first).find((n) => !admits({ [n]: first[n]! }))! : '' };
+  };
+  const disagreements: string[] = [];
+  for (let i = 0; i < 20_000; i++) {
+    const rules = Array.from({ length: random(6) }, (): Rule => {
+      const rule: Record<string, string | string[]> = {};
+      for (const n of NAMES) if (random(3) > 0) rule[n] = random(3) === 0 ? [pick(PATTERNS), pick(PATTERNS)] : pick(PATTERNS);
+      return Object.keys(rule).length > 0 ? rule : { a: pick(PATTERNS) };
+    });
+    const claims: Record<string, unknown> = {};
+    for (const n of NAMES) if (random(5) > 0) claims[n] = pick([...VALUES, 1, true, null]);
+    const got = evaluate(compilePolicy(rules), verified(claims));
+    const want = inTurn(rules, verified(claims));
+    if (JSON.stringify(got) !== JSON.stringify(want)) disagreements.push(`${JSON.stringify(rules)} ${JSON.stringify(claims)}: ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
+  }
+  assert.deepEqual(disagreements.slice(0, 5), []);
+});
+
 test('a policy with no rules admits no one', () => {
   assert.equal(evaluate(compilePolicy([]), MAIN).allowed, false);
 });
