@@ -86,8 +86,7 @@ export function parseConfig(input: unknown): ConfigResult {
     if (!Number.isInteger(port) || (port as number) < 0 || (port as number) > 65535) p(`${name}.port`, 'expected an integer from 0 to 65535');
     return { host: text(host), port: typeof port === 'number' ? port : NaN };
   };
-  const listen = endpoint('listen');
-  const admin = endpoint('admin');
+  const [listen, admin] = (['listen', 'admin'] as const).map(endpoint);
   const wildcard = (h: string) => h === '0.0.0.0' || h === '::';
   if (listen.port !== 0 && listen.port === admin.port && (listen.host === admin.host || wildcard(listen.host) || wildcard(admin.host)))
     p('admin', 'must not share the public listener');

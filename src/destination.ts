@@ -84,14 +84,10 @@ export type Resolved = { readonly address: string } | { readonly reason: 'connec
 
 /** Resolves an admitted destination once and checks the address; the tunnel dials that address, not the name again. */
 export async function resolveDestination(d: Destination, m: DestinationMatcher, ownPorts: readonly number[], timeoutMs: number): Promise<Resolved> {
-  let address = d.host;
-  if (!d.isIp) {
-    // An unref'd timer: the race's loser must not keep the process alive.
-    const found = await Promise.race([lookup(d.host).then((a) => a.address, () => undefined), sleep(timeoutMs, 'timeout' as const, { ref: false })]);
-    if (found === 'timeout') return { reason: 'upstream_timeout' };
-    if (found === undefined) return { reason: 'upstream_unreachable' };
-    address = found;
-  }
+  // An IP literal is its own address. An unref'd timer: the race's loser must not keep the process alive.
+  const address = d.isIp ? d.host : await Promise.race([lookup(d.host).then((a) => a.address, () => undefined), sleep(timeoutMs, 'timeout' as const, { ref: false })]);
+  if (address === 'timeout') return { reason: 'upstream_timeout' };
+  if (address === undefined) return { reason: 'upstream_unreachable' };
   return addressAllowed(address, d.port, ownPorts, m.listsAddress(address, d.port)) ? { address } : { reason: 'connect_target_denied' };
 }
 

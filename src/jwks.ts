@@ -43,8 +43,7 @@ export function checkKeyUrl(text: string): string | undefined {
   if (url.protocol === 'https:') return undefined;
   // Loopback by address, not by name: "127.attacker.example" is anyone's.
   const loopback = url.hostname === 'localhost' || url.hostname === '[::1]' || (isIPv4(url.hostname) && url.hostname.startsWith('127.'));
-  if (url.protocol === 'http:' && loopback) return undefined;
-  return 'expected https (plain http only to a loopback host)';
+  return url.protocol === 'http:' && loopback ? undefined : 'expected https (plain http only to a loopback host)';
 }
 
 export function createKeySet(opts: KeySetOptions): KeySet {
@@ -56,8 +55,7 @@ export function createKeySet(opts: KeySetOptions): KeySet {
   });
   const doFetch = opts.fetch ?? globalThis.fetch;
   const now = opts.now ?? Date.now;
-  const log = opts.log ?? (() => {});
-  const issuer = opts.issuer;
+  const { issuer, log } = opts;
   for (const [name, url] of [['issuer', issuer], ['jwksUri', opts.jwksUri]] as const) {
     const problem = url === undefined ? undefined : checkKeyUrl(url);
     if (problem) throw new TypeError(`${name}: ${problem}`);
@@ -80,18 +78,15 @@ export function createKeySet(opts: KeySetOptions): KeySet {
       if ((await stat(opts.jwksFile)).size > KEYSET_DEFAULTS.maxBodyBytes) throw new Error('key file over 1 MiB');
       return { body: JSON.parse(await readFile(opts.jwksFile, 'utf8')), maxAgeMs: KEYSET_DEFAULTS.maxAgeMs };
     }
-    let jwksUri = opts.jwksUri;
-    if (jwksUri === undefined) {
-      const { body } = await getJson(`${issuer.replace(/\/$/, '')}/.well-known/openid-configuration`);
-      const doc = isObject(body) ? body : {};
-      if (doc.issuer !== issuer) throw new Error('discovery document names another issuer');
-      let problem = typeof doc.jwks_uri === 'string' ? checkKeyUrl(doc.jwks_uri) : 'missing';
-      // An https issuer's document may not send us to plain http, loopback or not.
-      if (!problem && issuer.startsWith('https:') && !String(doc.jwks_uri).startsWith('https:')) problem = 'expected https';
-      if (problem) throw new Error(`discovery jwks_uri: ${problem}`);
-      jwksUri = doc.jwks_uri as string;
-    }
-    return getJson(jwksUri);
+    if (opts.jwksUri !== undefined) return getJson(opts.jwksUri);
+    const { body } = await getJson(`${issuer.replace(/\/$/, '')}/.well-known/openid-configuration`);
+    const doc = isObject(body) ? body : {};
+    if (doc.issuer !== issuer) throw new Error('discovery document names another issuer');
+    let problem = typeof doc.jwks_uri === 'string' ? checkKeyUrl(doc.jwks_uri) : 'missing';
+    // An https issuer's document may not send us to plain http, loopback or not.
+    if (!problem && issuer.startsWith('https:') && !String(doc.jwks_uri).startsWith('https:')) problem = 'expected https';
+    if (problem) throw new Error(`discovery jwks_uri: ${problem}`);
+    return getJson(doc.jwks_uri as string);
   }
 
   async function getJson(url: string): Promise<{ body: unknown; maxAgeMs: number }> {
@@ -113,8 +108,8 @@ export function createKeySet(opts: KeySetOptions): KeySet {
       const next = new Map<string, KeyObject>();
       for (const jwk of list) {
         const imported = importRsaJwk(jwk);
-        if ('skipped' in imported) log({ kind: 'keys', issuer, result: 'key_skipped', detail: imported.skipped });
-        else if (next.has(imported.kid)) log({ kind: 'keys', issuer, result: 'key_skipped', detail: `kid ${JSON.stringify(imported.kid)}: duplicate` });
+        if ('skipped' in imported) log?.({ kind: 'keys', issuer, result: 'key_skipped', detail: imported.skipped });
+        else if (next.has(imported.kid)) log?.({ kind: 'keys', issuer, result: 'key_skipped', detail: `kid ${JSON.stringify(imported.kid)}: duplicate` });
         else next.set(imported.kid, imported.key);
       }
       if (next.size === 0) throw new Error('no usable RS256 key in the set');
@@ -122,10 +117,10 @@ export function createKeySet(opts: KeySetOptions): KeySet {
       lastGoodFetch = now();
       expiresAt = lastGoodFetch + maxAgeMs;
       refreshAt = lastGoodFetch + maxAgeMs * 0.8;
-      log({ kind: 'keys', issuer, result: 'ok', keys: next.size });
+      log?.({ kind: 'keys', issuer, result: 'ok', keys: next.size });
       return true;
     } catch (err) {
-      log({ kind: 'keys', issuer, result: 'error', detail: describe(err), keys: keys.size, stale: keys.size > 0 });
+      log?.({ kind: 'keys', issuer, result: 'error', detail: describe(err), keys: keys.size, stale: keys.size > 0 });
       return false;
     }
   }
