@@ -38,12 +38,14 @@ export function matchGlob(glob: Glob, value: string): boolean {
 
 export function compilePolicy(rules: readonly Rule[]): Policy {
   const names = [...new Set(rules.flatMap((rule) => Object.keys(rule)))];
-  const compiled = rules.map((rule) => Object.keys(rule).map((name) => ({ name, at: names.indexOf(name), alternatives: patternsOf(rule[name]!).map(compileGlob) })));
+  const indexOf = new Map(names.map((name, at) => [name, at]));
+  const compiled = rules.map((rule) => Object.keys(rule).map((name) => ({ name, at: indexOf.get(name)!, alternatives: patternsOf(rule[name]!).map(compileGlob) })));
   // Keyed by the claim with the most distinct exact values (repository, say), a request checks in full only the rules its
   // value there can satisfy, and those that require no exact value there: a rule left out could not have admitted it.
   const exactOn = (rule: CompiledRule, at: number) => rule.find((c) => c.at === at && c.alternatives.every((g) => g.length === 1));
-  const distinct = names.map((_, at) => new Set(compiled.flatMap((rule) => exactOn(rule, at)?.alternatives.map(([v]) => v) ?? [])).size);
-  const keyAt = distinct.indexOf(Math.max(...distinct));
+  const exactValues = names.map(() => new Set<string>());
+  for (const c of compiled.flat()) if (c.alternatives.every((g) => g.length === 1)) c.alternatives.forEach(([v = '']) => exactValues[c.at]!.add(v));
+  const keyAt = exactValues.reduce((best, values, at) => (values.size > (exactValues[best]?.size ?? 0) ? at : best), -1);
   const byValue = new Map<string, number[]>(), rest: number[] = [];
   compiled.forEach((rule, r) => {
     const key = exactOn(rule, keyAt);

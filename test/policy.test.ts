@@ -256,7 +256,8 @@ test('evaluate agrees with trying every rule in turn on 20,000 random policies a
   // The high bits: the low bits of this generator repeat with short periods.
   const random = (n: number) => ((seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31), Math.floor((seed / 2 ** 31) * n));
   const pick = <T>(list: readonly T[]): T => list[random(list.length)]!;
-  const NAMES = ['a', 'b', 'c'], VALUES = ['x', 'y', 'xy', '1', 'true'], PATTERNS = [...VALUES, 'x*', '*y', '*'];
+  // Names and values that an object, unlike a Map, would read through its prototype; built as own properties (fromEntries).
+  const NAMES = ['a', 'b', '__proto__', 'constructor'], VALUES = ['x', 'y', 'xy', '1', 'true', '__proto__', 'constructor'], PATTERNS = [...VALUES, 'x*', '*y', '*'];
   const inTurn = (rules: readonly Rule[], claims: Claims) => {
     const admits = (rule: Rule) => Object.keys(rule).every((n) => [rule[n]!].flat().some((p) => claimText(claims, n) !== undefined && glob(p, claimText(claims, n)!)));
     const rule = rules.findIndex(admits);
@@ -267,12 +268,10 @@ test('evaluate agrees with trying every rule in turn on 20,000 random policies a
   const disagreements: string[] = [];
   for (let i = 0; i < 20_000; i++) {
     const rules = Array.from({ length: random(6) }, (): Rule => {
-      const rule: Record<string, string | string[]> = {};
-      for (const n of NAMES) if (random(3) > 0) rule[n] = random(3) === 0 ? [pick(PATTERNS), pick(PATTERNS)] : pick(PATTERNS);
-      return Object.keys(rule).length > 0 ? rule : { a: pick(PATTERNS) };
+      const entries = NAMES.filter(() => random(3) > 0).map((n) => [n, random(3) === 0 ? [pick(PATTERNS), pick(PATTERNS)] : pick(PATTERNS)]);
+      return Object.fromEntries(entries.length > 0 ? entries : [['a', pick(PATTERNS)]]) as Rule;
     });
-    const claims: Record<string, unknown> = {};
-    for (const n of NAMES) if (random(5) > 0) claims[n] = pick([...VALUES, 1, true, null]);
+    const claims = Object.fromEntries(NAMES.filter(() => random(5) > 0).map((n) => [n, pick([...VALUES, 1, true, null])]));
     const got = evaluate(compilePolicy(rules), verified(claims));
     const want = inTurn(rules, verified(claims));
     if (JSON.stringify(got) !== JSON.stringify(want)) disagreements.push(`${JSON.stringify(rules)} ${JSON.stringify(claims)}: ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
