@@ -75,7 +75,7 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
   const agentFor = (upstream: URL) => agents.get(upstream.origin) ?? agents.set(upstream.origin, createAgent(upstream)).get(upstream.origin)!;
   const proxyMode = createProxyMode(log);
   const tokenCache = { hits: 0, misses: 0 };
-  let started = false, draining = false;
+  let started = false, draining = false, stopping = false;
   // Responses not yet answered (a drain asks them to close) with what ends their forwarding (a stop does), and how many
   // exchanges are not yet logged (a stop waits). Not Sets or WeakMaps: under load V8 promotes whole requests through
   // what a Set's discarded tables point to, and a WeakMap entry per request cost as much CPU as the gateway's work.
@@ -133,6 +133,8 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
     const absoluteForm = p.config.tunnels.length > 0 && req.url?.startsWith('http://');
     const to = absoluteForm ? await proxyMode.forward(req, ex, head, p) : await admitRoute(req, res, ex, head, p);
     if (!to) return;
+    // Admitted after stop() (its token waited on a key fetch): nothing would end its forwarding.
+    if (stopping) return ex.refuse('gateway_stopping');
 
     if (expectsContinue) res.writeContinue();
     const headers = upstreamHeaders(req.rawHeaders, {
@@ -210,6 +212,7 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
       for (const res of inflight) if (res && !res.headersSent) res.setHeader('connection', 'close');
     },
     async stop() {
+      stopping = true;
       for (const k of keySetPool.values()) k.stop();
       for (const stop of stops) stop?.();
       for (const a of agents.values()) a.destroy();

@@ -88,7 +88,7 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
 
     // The client going away cancels the upstream exchange at any stage.
     res.on('close', () => { if (!res.writableFinished) giveUp('client_aborted')(); });
-    o.onStoppable?.(giveUp('gateway_stopping'));
+    o.onStoppable?.(() => (giveUp('gateway_stopping')(), headSent && res.destroy()));
     req.on('data', (chunk: Buffer) => (bytesIn += chunk.length));
     req.on('error', () => out.destroy());
     send(o.agent);

@@ -107,7 +107,7 @@ export function createProxyMode(log: Log) {
       if (!admitted) return;
       // Admission can take a key refetch and a DNS lookup: dial nothing for a client that has left since.
       socket.off('data', hold).pause();
-      if (left || socket.destroyed || stopping) return ex.refuse('client_aborted');
+      if (left || socket.destroyed || stopping) return ex.refuse(stopping ? 'gateway_stopping' : 'client_aborted');
       const t = admitted.tunnel;
       // Tunnels outlive the short-lived token unless the entry says otherwise.
       const closeAt = Math.min(Date.now() + (t.maxLifetimeSeconds ?? Infinity) * 1000, t.endWithToken ? (admitted.claims.exp as number) * 1000 : Infinity);
@@ -130,6 +130,8 @@ export function createProxyMode(log: Log) {
     async stop(): Promise<void> {
       stopping = true;
       for (const t of live) t.close();
+      // A turn for a tunnel still dialing to write its 503 before every CONNECT socket is closed.
+      await new Promise((resolve) => setImmediate(resolve));
       for (const s of sockets) s.destroy();
       agent.destroy();
       // The audit line follows tunnel.done by a tick: wait for it, so a shutdown loses no record.

@@ -2,8 +2,8 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { generateRsaKey, httpGet, httpRequest, signToken, startIssuer, startRecorder, waitUntil, type Issuer, type Recorder, type TestKey } from './helpers.ts';
+import net, { type AddressInfo } from 'node:net';
+import { generateRsaKey, httpGet, httpRequest, JWKS_PATH, signToken, startIssuer, startRecorder, waitUntil, type Issuer, type Recorder, type TestKey } from './helpers.ts';
 
 let key: TestKey;
 let issuer: Issuer;
@@ -150,5 +150,106 @@ test('stop() cuts a response under way: the client gets a cut body, the upstream
     assert.deepEqual(lines.filter((l) => l.kind === 'request').map((l) => [l.status, l.reason, l.decision]), [[200, 'gateway_stopping', 'allow']]);
   } finally {
     await close();
+  }
+});
+
+/**
+ * The gateway mounted in a host server with its own issuer and an upstream that never answers. `rotate()` publishes a
+ * second key and makes the key set answer only after `delayMs`: a token signed with it waits on that refetch.
+ */
+async function mountRotating() {
+  const lib = (await import('oidc-gateway')) as typeof import('../src/index.ts');
+  const k2 = await generateRsaKey('k2');
+  const own = await startIssuer({ keys: [key.jwk] });
+  const held = await startRecorder(() => {});
+  const parsed = lib.parseConfig({
+    issuers: [{ issuer: own.issuer, audience: 'aud' }],
+    routes: [{ path: '/held', upstream: held.url, allow: [{ repository: 'octo-org/octo-repo' }] }],
+    tunnels: [{ to: [held.url.slice('http://'.length)], allow: [{ repository: 'octo-org/octo-repo' }] }],
+    keys: { cooldownMs: 1_000, fetchTimeoutMs: 3_000 },
+  });
+  assert.ok(parsed.ok);
+  const lines: Record<string, unknown>[] = [];
+  const gateway = lib.createGateway(parsed.config, { log: (line) => lines.push(line) });
+  await gateway.start();
+  const host = http.createServer((req, res) => gateway.handle(req, res));
+  host.on('connect', (req, socket, head) => gateway.connect(req, socket, head));
+  await new Promise<void>((resolve) => host.listen(0, '127.0.0.1', resolve));
+  const now = Math.floor(Date.now() / 1000);
+  const claims = { iss: own.issuer, aud: 'aud', exp: now + 60, repository: 'octo-org/octo-repo' };
+  const signed = (k: TestKey) => signToken({ alg: 'RS256', kid: k.kid }, claims, k.privateKey);
+  const rotate = async (delayMs: number) => {
+    await new Promise((resolve) => setTimeout(resolve, 1_100)); // past the cooldown, so an unknown kid refetches
+    own.keys = [key.jwk, k2.jwk];
+    own.setPlan(JWKS_PATH, { delayMs });
+  };
+  const close = async () => {
+    host.closeAllConnections();
+    await new Promise((resolve) => host.close(resolve));
+    await Promise.all([held.close(), own.close()]);
+  };
+  const requestLines = (kind = 'request') => lines.filter((l) => l.kind === kind).map((l) => [l.status, l.reason]);
+  return { own, held, host, gateway, url: `http://127.0.0.1:${(host.address() as AddressInfo).port}/held/x`, oldKey: signed(key), newKey: signed(k2), rotate, requestLines, close };
+}
+
+test('a request whose token is still verifying when stop() is called is refused 503 gateway_stopping once admitted: never forwarded, and logged before stop() resolves', { timeout: 20_000 }, async () => {
+  const m = await mountRotating();
+  try {
+    await m.rotate(800);
+    const answer = httpGet(m.url, { 'gateway-authorization': m.newKey }).then((a) => a.status);
+    await waitUntil(() => m.own.hits(JWKS_PATH) === 2);
+    m.gateway.drain();
+    await m.gateway.stop();
+    assert.deepEqual(m.requestLines(), [[503, 'gateway_stopping']]);
+    assert.equal(await answer, 503);
+    assert.equal(m.held.hits(), 0, 'the upstream was not contacted');
+  } finally {
+    await m.close();
+  }
+});
+
+test('a client that leaves while its token verifies frees its slot to the next request, and stop() still ends that one: 503 gateway_stopping', { timeout: 20_000 }, async () => {
+  const m = await mountRotating();
+  try {
+    await m.rotate(600);
+    // The first request waits on the refetch; its client leaves meanwhile.
+    const first = httpRequest(m.url, { headers: { 'gateway-authorization': m.newKey } });
+    first.answer.catch(() => {});
+    first.req.end();
+    await waitUntil(() => m.own.hits(JWKS_PATH) === 2);
+    first.req.destroy();
+    await waitUntil(() => m.requestLines().length === 0 && first.req.destroyed);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    // The second, with a key already held, is forwarded at once on the slot the first one left.
+    const second = httpGet(m.url, { 'gateway-authorization': m.oldKey }).then((a) => a.status);
+    await waitUntil(() => m.held.hits() === 1);
+    // The first one's verification ends and it reaches forward(), for a client that is gone.
+    await waitUntil(() => m.requestLines().length === 1, 3_000);
+    assert.deepEqual(m.requestLines(), [[499, 'client_aborted']]);
+    await m.gateway.stop();
+    assert.equal(await second, 503);
+    assert.deepEqual(m.requestLines(), [[499, 'client_aborted'], [503, 'gateway_stopping']]);
+    assert.equal(m.held.hits(), 1);
+  } finally {
+    await m.close();
+  }
+});
+
+test('a CONNECT whose token is still verifying when stop() is called is never dialled once admitted, and its line says gateway_stopping', { timeout: 20_000 }, async () => {
+  const m = await mountRotating();
+  try {
+    await m.rotate(800);
+    let dialled = 0;
+    m.held.server.on('connection', () => dialled++);
+    const socket = net.connect((m.host.address() as AddressInfo).port, '127.0.0.1');
+    socket.on('error', () => {});
+    socket.write(`CONNECT ${m.held.url.slice('http://'.length)} HTTP/1.1\r\nhost: x\r\nproxy-authorization: Bearer ${m.newKey}\r\n\r\n`);
+    await waitUntil(() => m.own.hits(JWKS_PATH) === 2);
+    await m.gateway.stop();
+    assert.deepEqual(m.requestLines('tunnel'), [[503, 'gateway_stopping']]);
+    assert.equal(dialled, 0, 'the destination was not dialled');
+    socket.destroy();
+  } finally {
+    await m.close();
   }
 });

@@ -886,6 +886,24 @@ test('a tunnel still open at the drain deadline is cut, logged as gateway_stoppi
   }
 });
 
+test('a CONNECT still dialing at the drain deadline is answered 503 gateway_stopping before its connection closes, and the gateway exits 0', { timeout: 20_000 }, async () => {
+  const g = await startGateway({ issuers: [{ issuer: issuer.issuer, audience: AUD }], tunnels: [{ to: [literal(stallable.port)], allow: [RULE] }], timeouts: { drainMs: 300 } });
+  await stallable.stall();
+  try {
+    // The destination's accept queue is full: the dial waits (upstreamConnectMs is 5 s).
+    const c = openConnect(g.port, literal(stallable.port), [bearer(token())]);
+    await sleep(600);
+    g.process.child.kill('SIGTERM');
+    assertRefused(await within(c.answer, 5_000, 'the 503'), 503, 'gateway_stopping', 'a tunnel still dialing at the deadline');
+    assert.deepEqual(await within(g.process.exited, 5_000, 'the exit'), { code: 0, signal: null });
+    const line = g.logs().find((l) => l.kind === 'tunnel');
+    assert.deepEqual([line?.status, line?.reason, line?.closedBy], [503, 'gateway_stopping', 'shutdown']);
+  } finally {
+    stallable.release();
+    await g.close();
+  }
+});
+
 // ---------------------------------------------------------------- the audit log
 
 test('a refused CONNECT whose client never closes its side is closed by the gateway within seconds', async () => {
