@@ -218,7 +218,7 @@ test('a client that leaves while its token verifies frees its slot to the next r
     first.req.end();
     await waitUntil(() => m.own.hits(JWKS_PATH) === 2);
     first.req.destroy();
-    await waitUntil(() => m.requestLines().length === 0 && first.req.destroyed);
+    // Time for the gateway to see the close and free the slot.
     await new Promise((resolve) => setTimeout(resolve, 50));
     // The second, with a key already held, is forwarded at once on the slot the first one left.
     const second = httpGet(m.url, { 'gateway-authorization': m.oldKey }).then((a) => a.status);
