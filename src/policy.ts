@@ -42,13 +42,13 @@ export function compilePolicy(rules: readonly Rule[]): Policy {
   const compiled = rules.map((rule) => Object.keys(rule).map((name) => ({ name, at: indexOf.get(name)!, alternatives: patternsOf(rule[name]!).map(compileGlob) })));
   // Keyed by the claim with the most distinct exact values (repository, say), a request checks in full only the rules its
   // value there can satisfy, and those that require no exact value there: a rule left out could not have admitted it.
-  const exactOn = (rule: CompiledRule, at: number) => rule.find((c) => c.at === at && c.alternatives.every((g) => g.length === 1));
+  const exact = (c: CompiledRule[number]) => c.alternatives.every((g) => g.length === 1);
   const exactValues = names.map(() => new Set<string>());
-  for (const c of compiled.flat()) if (c.alternatives.every((g) => g.length === 1)) c.alternatives.forEach(([v = '']) => exactValues[c.at]!.add(v));
+  for (const c of compiled.flat()) if (exact(c)) c.alternatives.forEach(([v = '']) => exactValues[c.at]!.add(v));
   const keyAt = exactValues.reduce((best, values, at) => (values.size > (exactValues[best]?.size ?? 0) ? at : best), -1);
   const byValue = new Map<string, number[]>(), rest: number[] = [];
   compiled.forEach((rule, r) => {
-    const key = exactOn(rule, keyAt);
+    const key = rule.find((c) => c.at === keyAt && exact(c));
     if (!key) return void rest.push(r);
     for (const [value = ''] of key.alternatives) byValue.get(value)?.push(r) ?? byValue.set(value, [r]);
   });
