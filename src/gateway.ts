@@ -34,7 +34,8 @@ export interface Gateway {
   reload(config: GatewayConfig): void;
   /** Turns readiness false for good and asks clients to close their connections: the start of a shutdown. */
   drain(): void;
-  /** Stops key refreshes, ends what is still forwarding (gateway_stopping), tunnels and pools; resolves once all is logged. */
+  /** For good: stops key refreshes, ends what is still forwarding (gateway_stopping), tunnels and pools; resolves once all
+   *  is logged, waiting at most 2 × keys.fetchTimeoutMs + timeouts.upstreamConnectMs + 1 s for admissions under way. */
   stop(): Promise<void>;
   ready(): boolean;
 }
@@ -217,8 +218,10 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
       for (const stop of stops) stop?.();
       for (const a of agents.values()) a.destroy();
       await proxyMode.stop();
-      // Exchanges cut at the drain deadline still write their audit lines, some after a key fetch: wait for them, within bounds.
-      await Promise.race([new Promise<void>((resolve) => (unlogged === 0 ? resolve() : waiting.push(resolve))), sleep(plan.config.keys.fetchTimeoutMs + 1_000, undefined, { ref: false })]);
+      // Exchanges still being admitted write their lines once their key fetch (discovery, then the key set) and, for a
+      // CONNECT, DNS lookup end: wait for them, at most as long as those can take.
+      const { keys: { fetchTimeoutMs }, timeouts: { upstreamConnectMs } } = plan.config;
+      await Promise.race([new Promise<void>((resolve) => (unlogged === 0 ? resolve() : waiting.push(resolve))), sleep(2 * fetchTimeoutMs + upstreamConnectMs + 1_000, undefined, { ref: false })]);
     },
     ready,
   };

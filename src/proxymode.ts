@@ -116,10 +116,10 @@ export function createProxyMode(log: Log) {
       const tunnel = openTunnel(socket, Buffer.concat(early), options);
       live.add(tunnel);
       const outcome = await tunnel.done;
+      live.delete(tunnel);
       const counts = { bytesUp: outcome.bytesUp, bytesDown: outcome.bytesDown, closedBy: outcome.closedBy };
       if (!outcome.established) ex.refuse(outcome.reason ?? 'upstream_unreachable', counts);
       else ex.log(200, outcome.reason, counts);
-      live.delete(tunnel);
     },
 
     open: () => live.size,

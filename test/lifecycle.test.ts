@@ -326,6 +326,27 @@ test('a request cut at the drain deadline while it waits on a slow key refetch s
   assert.equal(upstream.hits(), 0, 'the upstream was not contacted');
 });
 
+test('a request whose key refetch (discovery, then the key set) outlasts the drain deadline and one fetch timeout is still logged, as gateway_stopping, before the process exits 0', { timeout: 30_000 }, async () => {
+  const issuer = await startIssuer({ keys: [key.jwk] });
+  const upstream = await startRecorder();
+  cleanups.push(() => issuer.close(), () => upstream.close());
+  const gw = await gateway({ issuers: [{ issuer: issuer.issuer, audience: AUDIENCE }], routes: [{ path: '/api', upstream: `${upstream.url}/`, allow: [RULE] }], keys: { cooldownMs: 1_000, fetchTimeoutMs: 3_000 }, timeouts: { drainMs: 100 } });
+  // Each fetch within its timeout, both together past it: 5 s in all.
+  issuer.keys = [key.jwk, otherKey.jwk];
+  issuer.setPlan(DISCOVERY_PATH, { delayMs: 2_500 });
+  issuer.setPlan(JWKS_PATH, { delayMs: 2_500 });
+  await pause(1_100); // past the cooldown, so an unknown kid refetches
+  const pending = get(`${gw.url}/api/rotated`, { 'gateway-authorization': `Bearer ${tokenFor(issuer, otherKey)}` }).then((a) => a.status, () => 'cut');
+  await waitUntil(() => issuer.hits(DISCOVERY_PATH) === 2, 5_000);
+  gw.process.child.kill('SIGTERM');
+  assert.deepEqual(await gw.process.exited, { code: 0, signal: null });
+  await pending;
+  const lines = requestLines(gw);
+  assert.equal(lines.length, 1, `one audit line for the request: ${JSON.stringify(gw.logs())}`);
+  assert.deepEqual([lines[0]!.path, lines[0]!.reason, lines[0]!.decision], ['/api/rotated', 'gateway_stopping', 'error']);
+  assert.equal(upstream.hits(), 0, 'the upstream was not contacted');
+});
+
 // ---------------------------------------------------------------- SIGHUP
 
 test('SIGHUP with a broken config keeps the old routing and logs every problem; with a good one, new routes, removed routes and changed policies take effect', { timeout: 20_000 }, async () => {
