@@ -51,5 +51,6 @@ server.listen(0, '127.0.0.1', () => {
 });
 
 process.stdin.on('end', () => process.exit(0));
+process.on('SIGTERM', () => process.exit(0)); // an orderly exit, so that --cpu-prof writes its profile
 process.stdin.on('close', () => process.exit(0));
 process.stdin.resume();

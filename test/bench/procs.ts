@@ -104,8 +104,8 @@ export interface ServerProcess {
 }
 
 /** test/bench/bare.ts on `runtime`, in front of the upstream at `upstreamPort`. */
-export async function startBare(runtime: Runtime, upstreamPort: number, spinMicroseconds = 0): Promise<ServerProcess> {
-  const child = tracked(spawn(runtime.exec, [...runtime.tsArgs, BARE_TS, String(upstreamPort), String(spinMicroseconds)], { stdio: ['pipe', 'pipe', 'pipe'] }));
+export async function startBare(runtime: Runtime, upstreamPort: number, spinMicroseconds = 0, runtimeArgs: readonly string[] = []): Promise<ServerProcess> {
+  const child = tracked(spawn(runtime.exec, [...runtimeArgs, ...runtime.tsArgs, BARE_TS, String(upstreamPort), String(spinMicroseconds)], { stdio: ['pipe', 'pipe', 'pipe'] }));
   let out = '';
   let err = '';
   child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (err += chunk));

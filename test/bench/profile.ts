@@ -1,4 +1,4 @@
-// Summarises a V8 .cpuprofile (what `node --cpu-prof` writes, as BENCH_PROFILE=DIR asks of each gateway on
+// Summarises a V8 .cpuprofile (what `node --cpu-prof` writes, as BENCH_PROFILE=DIR asks of each gateway and bare proxy on
 // Node): the functions with the most self time, merged by name and location. Also runnable on its own:
 //   node --import tsx test/bench/profile.ts FILE.cpuprofile [TOP]
 import { readFileSync } from 'node:fs';

@@ -22,8 +22,8 @@
 //                           `spin`, only when named: the bare proxy spinning 5 to 33 µs per request, beside itself
 //   BENCH_RUNTIMES [node,bun]  BENCH_LOAD [auto]: builtin or wrk;  GATEWAY_RUNTIME: a bun executable
 //   BENCH_LOG_LEVEL [info]  the gateway's audit log level (it goes to a file)
-//   BENCH_PROFILE           a directory: gateways on Node run with --cpu-prof there, and their top
-//                           self-time functions are printed;  BENCH_VERBOSE=1: every run's numbers
+//   BENCH_PROFILE           a directory: gateways and bare proxies on Node run with --cpu-prof there, and
+//                           each one's top self-time functions are printed;  BENCH_VERBOSE=1: every run's numbers
 import { mkdirSync, readdirSync, statSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -123,6 +123,13 @@ async function using<S extends { close(): Promise<void> } | undefined, T>(start:
   } finally {
     await s?.close();
   }
+}
+
+/** What each process started with --cpu-prof is, by pid, to label its profile. */
+const profiledPids = new Map<number, string>();
+function profiled<S extends ServerProcess>(s: S, what: string): S {
+  if (PROFILE_DIR && s.runtime.name === 'node') profiledPids.set(s.pid, `${what} (pid ${s.pid})`);
+  return s;
 }
 
 // ---------------------------------------------------------------- servers in this process
@@ -398,12 +405,13 @@ async function benchRuntime(ctx: Context, rt: Runtime, setup: Setup): Promise<Ru
   // The README's example route: one allow rule, two claims forwarded.
   const route = (path: string, allow: object[]) => ({ path, upstream: `${setup.upstream.url}/`, allow, forwardClaims: ['repository', 'run_id'] });
   const admit = { repository: 'octo-org/octo-repo', ref: ['refs/heads/main', 'refs/tags/v*'] };
+  const profileArgs = PROFILE_DIR && rt.name === 'node' ? ['--cpu-prof', '--cpu-prof-dir', PROFILE_DIR] : [];
   const gateway = async (config: Record<string, unknown>) => {
-    const profile = PROFILE_DIR && rt.name === 'node' ? ['--cpu-prof', '--cpu-prof-dir', PROFILE_DIR] : [];
-    const gw = await startGateway(rt, { ...base, ...config }, profile);
+    const gw = await startGateway(rt, { ...base, ...config }, profileArgs);
     out.gateways.push(gw);
-    return gw;
+    return profiled(gw, 'gateway');
   };
+  const bareProxy = async () => profiled(await startBare(rt, setup.upstream.port, 0, profileArgs), 'bare proxy');
   /** (a)'s load for WARMUP seconds on a process that has just started. */
   const warm = async (s: ServerProcess) => {
     if (WARMUP > 0) await ctx.load.call<RpsResult>({ op: 'rps', port: s.port, path: '/svc/x', header: HEADER, tokens: 'same', connections: CONNECTIONS, seconds: WARMUP, expect: 200, pids: [] });
@@ -425,7 +433,7 @@ async function benchRuntime(ctx: Context, rt: Runtime, setup: Setup): Promise<Ru
     return { list, close: async () => void (await Promise.all(list.map((s) => s.close()))) };
   };
   if (only('a') || only('b') || only('c') || only('conns') || only('spin')) {
-    await using(startBare(rt, setup.upstream.port), (bare) =>
+    await using(bareProxy(), (bare) =>
       using(gateway({ routes: [route('/svc', [admit])] }), (gw) =>
         using(only('routes') ? gateway(routesConfig()) : none, (many) => using(only('spin') ? spinners() : none, async (spin) => {
           for (const s of [bare, gw, many, ...(spin?.list ?? [])]) if (s) await warm(s);
@@ -462,7 +470,7 @@ async function benchRuntime(ctx: Context, rt: Runtime, setup: Setup): Promise<Ru
   }
 
   if (only('d')) {
-    await using(startBare(rt, setup.upstream.port), (bare) =>
+    await using(bareProxy(), (bare) =>
       using(gateway({ routes: [route('/svc', [admit])] }), async (gw) => {
         for (const proxy of [bare, gw]) await warmTransfers(ctx, proxy);
         // Each direction through both proxies back to back, the upload bare proxy first and the download gateway
@@ -686,8 +694,13 @@ async function main(): Promise<void> {
   // Close the gateways now (they are closed already; close() is idempotent) to read their log checks.
   const problems = (await Promise.all(results.flatMap((r) => r.gateways.map(async (g) => (await g.close(), g.problems.map((p) => `gateway on ${r.rt.name}: ${p}`)))))).flat();
   if (PROFILE_DIR) {
+    // CPU.<date>.<time>.<pid>.<thread>.<n>.cpuprofile; thread 1 of a bare proxy is tsx's loader, not the proxy.
     const made = readdirSync(PROFILE_DIR).filter((f) => f.endsWith('.cpuprofile') && statSync(join(PROFILE_DIR, f)).mtimeMs >= profilesFrom);
-    for (const f of made.sort()) process.stdout.write(`\n### CPU profile of a gateway on Node: ${join(PROFILE_DIR, f)}\n\n\`\`\`\n${summarize(join(PROFILE_DIR, f)).join('\n')}\n\`\`\`\n`);
+    for (const f of made.sort()) {
+      const [, pid, thread] = f.split('.').slice(2, 5).map(Number);
+      if (thread !== 0 || !profiledPids.has(pid!)) continue;
+      process.stdout.write(`\n### CPU profile of the ${profiledPids.get(pid!)} on Node: ${join(PROFILE_DIR, f)}\n\n\`\`\`\n${summarize(join(PROFILE_DIR, f)).join('\n')}\n\`\`\`\n`);
+    }
   }
   if (problems.length > 0) {
     process.stdout.write(`gateway log problems:\n${problems.map((p) => `- ${p}`).join('\n')}\n`);
