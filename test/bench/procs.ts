@@ -50,6 +50,19 @@ function beforeExit<T>(child: ChildProcess, promise: Promise<T>, what: string, s
   return Promise.race([promise, failed]).finally(() => clearTimeout(timer));
 }
 
+// ---------------------------------------------------------------- pinning (BENCH_PIN)
+
+let serverCpus: string | undefined;
+
+/** From now on every bare proxy and gateway runs on the `server` CPUs only, and this process and all else it starts on `rest`. */
+export function pinCpus(server: string, rest: string): void {
+  execFileSync('taskset', ['-apc', rest, String(process.pid)], { stdio: 'ignore' });
+  serverCpus = server;
+}
+
+/** Moves a server process, all its threads, to the server CPUs (when pinning); threads it starts later inherit them. */
+const pinServer = (pid: number) => void (serverCpus && execFileSync('taskset', ['-apc', serverCpus, String(pid)], { stdio: 'ignore' }));
+
 // ---------------------------------------------------------------- runtimes
 
 export interface Runtime {
@@ -119,6 +132,7 @@ export async function startBare(runtime: Runtime, upstreamPort: number, spinMicr
     await stopChild(child);
     throw error;
   });
+  pinServer(child.pid!);
   return {
     pid: child.pid!,
     port,
@@ -169,6 +183,7 @@ export async function startGateway(runtime: Runtime, config: Record<string, unkn
     throw error;
   }
 
+  pinServer(child.pid!);
   const problems: string[] = [];
   let closing: Promise<void> | undefined;
   return {

@@ -22,6 +22,8 @@
 //                           `spin`, only when named: the bare proxy spinning 5 to 33 µs per request, beside itself
 //   BENCH_RUNTIMES [node,bun]  BENCH_LOAD [auto]: builtin or wrk;  GATEWAY_RUNTIME: a bun executable
 //   BENCH_LOG_LEVEL [info]  the gateway's audit log level (it goes to a file)
+//   BENCH_PIN [0]           1: bare proxies and gateways on CPU 0 only, the bench, upstream and load on the
+//                           others (taskset): steadier rounds, for comparing builds; not how the README's runs were made
 //   BENCH_PROFILE           a directory: gateways and bare proxies on Node run with --cpu-prof there, and
 //                           each one's top self-time functions are printed;  BENCH_VERBOSE=1: every run's numbers
 import { mkdirSync, readdirSync, statSync } from 'node:fs';
@@ -33,7 +35,7 @@ import { generateRsaKey, seededRandom, startIssuer, startServer, workflowToken, 
 import type { RpsResult, TransferResult, TunnelsOpened, TunnelsPumped } from './load.ts';
 import { cpuModel, cpuTicks, memoryOf, resetPeak, ticksPerSecond } from './proc.ts';
 import { summarize } from './profile.ts';
-import { findBun, NODE, runWrk, startBare, startGateway, startLoad, which, wrkVersion, type GatewayProcess, type LoadGenerator, type Runtime, type ServerProcess } from './procs.ts';
+import { findBun, NODE, pinCpus, runWrk, startBare, startGateway, startLoad, which, wrkVersion, type GatewayProcess, type LoadGenerator, type Runtime, type ServerProcess } from './procs.ts';
 
 // ---------------------------------------------------------------- knobs
 
@@ -64,6 +66,7 @@ const TOKENS = Math.round(knob('BENCH_TOKENS', 16_384));
 const LOG_LEVEL = process.env.BENCH_LOG_LEVEL || 'info';
 const VERBOSE = process.env.BENCH_VERBOSE === '1';
 const PROFILE_DIR = process.env.BENCH_PROFILE ? resolve(process.env.BENCH_PROFILE) : undefined;
+const PIN = process.env.BENCH_PIN === '1';
 const LOAD = process.env.BENCH_LOAD || 'auto';
 if (!['auto', 'builtin', 'wrk'].includes(LOAD)) usage('BENCH_LOAD: expected auto, builtin or wrk');
 
@@ -636,6 +639,10 @@ async function main(): Promise<void> {
   const began = performance.now();
   const profilesFrom = Date.now();
   if (PROFILE_DIR) mkdirSync(PROFILE_DIR, { recursive: true });
+  const cores = os.cpus().length;
+  if (PIN && (cores < 2 || !which('taskset'))) usage('BENCH_PIN=1 needs 2 or more cores and taskset (util-linux) on PATH');
+  const rest = cores === 2 ? '1' : `1-${cores - 1}`;
+  if (PIN) pinCpus('0', rest);
   const bun = RUNTIMES.has('bun') ? findBun() : { skipped: 'not in BENCH_RUNTIMES' };
   const runtimes: Runtime[] = [...(RUNTIMES.has('node') ? [NODE] : []), ...('name' in bun ? [bun] : [])];
   if (runtimes.length === 0) usage('BENCH_RUNTIMES: no runtime left to run (node, bun)');
@@ -685,6 +692,7 @@ async function main(): Promise<void> {
     `runtimes: node ${process.versions.node}; ${'name' in bun ? `bun ${bun.version} (${bun.exec})` : `bun: skipped (${bun.skipped})`}`,
     `load generator: ${generator}`,
     `timing: ${WARMUP} s of warm-up load on each new server process; then ${RUNS} round${RUNS > 1 ? 's' : ''}, each running every request cell once for ${SECONDS} s after ${CELL_WARMUP} s of warm-up on its own path; medians shown; loopback only`,
+    `pinning: ${PIN ? `bare proxies and gateways on CPU 0 only, the bench process, upstream and load generators on CPU ${rest} (BENCH_PIN=1)` : 'none, every process on every core'}`,
     `processes: bare proxy (test/bench/bare.ts: node:http, keep-alive Agent, no auth) and gateway (dist/main.js, audit log at ${LOG_LEVEL} to a file) each on its own; issuer, upstream (node:http) and echo server in the bench process`,
     `tokens: RS256, 2048-bit key, GitHub's claim set (${same.length} bytes); (b) walks ${int(TOKENS)} pre-signed tokens in a cycle, ${TOKENS > CACHE_SIZE ? `more than the ${int(CACHE_SIZE)} the gateway's verified-token cache holds, so every request misses it` : `NOT more than the ${int(CACHE_SIZE)} the gateway's verified-token cache holds: after the first lap (b) measures cache hits`}`,
     `whole run: ${Math.round((performance.now() - began) / 1000)} s (knobs: BENCH_SECONDS=${SECONDS} BENCH_RUNS=${RUNS} BENCH_WARMUP=${WARMUP} BENCH_CONNECTIONS=${CONNECTIONS} BENCH_BIG_MIB=${BIG_MIB} BENCH_TUNNELS=${TUNNELS} BENCH_ROUTES=${ROUTES} BENCH_TOKENS=${TOKENS} BENCH_ONLY=${[...ONLY].join(',')})`,
