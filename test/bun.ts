@@ -4,7 +4,7 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 
 const BUN_VERSION = '1.4.5';
-const E2E_FILES = ['test/gateway.test.ts', 'test/streaming.test.ts', 'test/cli.test.ts', 'test/limits.test.ts', 'test/tunnel.test.ts', 'test/forwardauth.test.ts', 'test/explain.test.ts', 'test/lifecycle.test.ts', 'test/observability.test.ts', 'test/faults.test.ts', 'test/instances.test.ts', 'test/locked.test.ts', 'test/fuzz.test.ts'];
+const E2E_FILES = ['test/gateway.test.ts', 'test/streaming.test.ts', 'test/cli.test.ts', 'test/limits.test.ts', 'test/tunnel.test.ts', 'test/forwardauth.test.ts', 'test/explain.test.ts', 'test/lifecycle.test.ts', 'test/observability.test.ts', 'test/faults.test.ts', 'test/instances.test.ts', 'test/locked.test.ts', 'test/fuzz.test.ts', 'test/host.test.ts'];
 
 function findBun(): string | undefined {
   const probe = (cmd: string, args: string[]) => {
