@@ -3,7 +3,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
-import { GATEWAY_RUNTIME, generateRsaKey, httpGet, signToken, startIssuer, startProcess, startRecorder, waitUntil, type Issuer, type Recorder, type TestKey, type TestProcess } from './helpers.ts';
+import { assertLogClean, GATEWAY_RUNTIME, generateRsaKey, httpGet, signToken, startIssuer, startProcess, startRecorder, waitUntil, type Issuer, type Recorder, type TestKey, type TestProcess } from './helpers.ts';
 
 const HOST_MJS = fileURLToPath(new URL('./host.mjs', import.meta.url));
 
@@ -30,7 +30,10 @@ after(async () => {
 async function startHost(): Promise<{ host: TestProcess; url: string; lines: () => Record<string, unknown>[] }> {
   const config = { issuers: [{ issuer: issuer.issuer, audience: 'aud' }], routes: [{ path: '/svc', upstream: upstream.url, allow: [{ repository: 'octo-org/octo-repo' }] }] };
   const host = startProcess(GATEWAY_RUNTIME, [HOST_MJS, JSON.stringify(config)]);
-  const [, port] = await host.waitFor(/"kind":"host","port":(\d+)/, 15_000);
+  const [, port] = await host.waitFor(/"kind":"host","port":(\d+)/, 15_000).catch(async (err: unknown) => {
+    await host.close();
+    throw err;
+  });
   const lines = () => host.stdout().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
   return { host, url: `http://127.0.0.1:${port}/svc`, lines };
 }
@@ -58,6 +61,9 @@ test('an embedded gateway admits by policy and refuses the rest without contacti
     const requests = () => lines().filter((l) => l.kind === 'request');
     await waitUntil(() => requests().length >= 3);
     assert.deepEqual(requests().map((l) => [l.status, l.decision, l.reason]), [[200, 'allow', undefined], [403, 'deny', 'claim_mismatch'], [401, 'deny', 'token_malformed']]);
+    await host.close();
+    assertLogClean(host.stdout());
+    assert.equal(host.stderr(), '');
   } finally {
     await host.close();
   }
@@ -79,6 +85,7 @@ test('an embedded gateway\'s stop() answers a request waiting on its upstream 50
     assert.equal(upstream.hits(), hits + 1, 'the request was sent more than once');
     const requests = lines().filter((l) => l.kind === 'request');
     assert.deepEqual(requests.map((l) => [l.status, l.decision, l.reason]), [[503, 'error', 'gateway_stopping']]);
+    assertLogClean(host.stdout());
     assert.equal(host.stderr(), '');
   } finally {
     for (const answer of answers.splice(0)) answer();

@@ -56,12 +56,12 @@ let serverCpus: string | undefined;
 
 /** From now on every bare proxy and gateway runs on the `server` CPUs only, and this process and all else it starts on `rest`. */
 export function pinCpus(server: string, rest: string): void {
-  execFileSync('taskset', ['-apc', rest, String(process.pid)], { stdio: 'ignore' });
+  execFileSync('taskset', ['-apc', rest, String(process.pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
   serverCpus = server;
 }
 
 /** Moves a server process, all its threads, to the server CPUs (when pinning); threads it starts later inherit them. */
-const pinServer = (pid: number) => void (serverCpus && execFileSync('taskset', ['-apc', serverCpus, String(pid)], { stdio: 'ignore' }));
+const pinServer = (pid: number) => void (serverCpus && execFileSync('taskset', ['-apc', serverCpus, String(pid)], { stdio: ['ignore', 'ignore', 'pipe'] }));
 
 // ---------------------------------------------------------------- runtimes
 

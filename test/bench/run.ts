@@ -488,7 +488,7 @@ async function benchRuntime(ctx: Context, rt: Runtime, setup: Setup): Promise<Ru
   }
 
   if (only('tunnels')) {
-    await using(startBare(rt, setup.upstream.port), async (bare) => void out.tunnels.push(await tunnels(ctx, rt, bare, 'bare', setup.echoPort)));
+    await using(bareProxy(), async (bare) => void out.tunnels.push(await tunnels(ctx, rt, bare, 'bare', setup.echoPort)));
     const tunnelConfig = { tunnels: [{ to: [`127.0.0.1:${setup.echoPort}`], allow: [admit] }] };
     await using(gateway(tunnelConfig), async (gw) => void out.tunnels.push(await tunnels(ctx, rt, gw, 'gateway', setup.echoPort)));
   }
@@ -640,6 +640,7 @@ async function main(): Promise<void> {
   const profilesFrom = Date.now();
   if (PROFILE_DIR) mkdirSync(PROFILE_DIR, { recursive: true });
   const cores = os.cpus().length;
+  const available = os.availableParallelism(); // before pinning narrows it
   if (PIN && (cores < 2 || !which('taskset'))) usage('BENCH_PIN=1 needs 2 or more cores and taskset (util-linux) on PATH');
   const rest = cores === 2 ? '1' : `1-${cores - 1}`;
   if (PIN) pinCpus('0', rest);
@@ -688,7 +689,7 @@ async function main(): Promise<void> {
     ? `wrk (${wrkVersion(wrk)}, ${wrk}), Lua-free, the token in one -H header; (b) needs a token per request, so it and its bare baseline use the built-in generator`
     : `built-in (test/bench/load.ts: raw keep-alive HTTP/1.1 over node:net, in its own Node process)${LOAD === 'builtin' ? '' : '; wrk is not on PATH'}`;
   const facts = [
-    `machine: ${cpus.length} cores (${os.availableParallelism()} available), ${cpuModel(cpus[0]?.model ?? 'unknown CPU')}, ${Math.round(os.totalmem() / 2 ** 30)} GiB RAM, ${os.type()} ${os.release()} ${os.arch()}`,
+    `machine: ${cpus.length} cores (${available} available), ${cpuModel(cpus[0]?.model ?? 'unknown CPU')}, ${Math.round(os.totalmem() / 2 ** 30)} GiB RAM, ${os.type()} ${os.release()} ${os.arch()}`,
     `runtimes: node ${process.versions.node}; ${'name' in bun ? `bun ${bun.version} (${bun.exec})` : `bun: skipped (${bun.skipped})`}`,
     `load generator: ${generator}`,
     `timing: ${WARMUP} s of warm-up load on each new server process; then ${RUNS} round${RUNS > 1 ? 's' : ''}, each running every request cell once for ${SECONDS} s after ${CELL_WARMUP} s of warm-up on its own path; medians shown; loopback only`,
