@@ -41,7 +41,7 @@ async function startHost(): Promise<{ host: TestProcess; url: string; lines: () 
 const tokenFor = (repository: string) =>
   signToken({ alg: 'RS256', kid: 'k1' }, { iss: issuer.issuer, aud: 'aud', exp: Math.floor(Date.now() / 1000) + 60, repository }, key.privateKey);
 
-test('an embedded gateway admits by policy and refuses the rest without contacting the upstream', { timeout: 30_000 }, async () => {
+test('an embedded gateway admits by policy and refuses the rest (other repository, junk, no token) without contacting the upstream', { timeout: 30_000 }, async () => {
   const { host, url, lines } = await startHost();
   try {
     const ok = await httpGet(`${url}/x`, { 'gateway-authorization': tokenFor('octo-org/octo-repo') });
@@ -56,11 +56,14 @@ test('an embedded gateway admits by policy and refuses the rest without contacti
     const junk = await httpGet(`${url}/x`, { 'gateway-authorization': 'Bearer not.a.token' });
     assert.equal(junk.status, 401);
     assert.equal(JSON.parse(junk.body).error, 'token_malformed');
+    const none = await httpGet(`${url}/x`);
+    assert.equal(none.status, 401);
+    assert.equal(JSON.parse(none.body).error, 'token_missing');
     assert.equal(upstream.hits(), hits, 'a refused request reached the upstream');
     // A line reaches the host's stdout after its answer reaches the client.
     const requests = () => lines().filter((l) => l.kind === 'request');
-    await waitUntil(() => requests().length >= 3);
-    assert.deepEqual(requests().map((l) => [l.status, l.decision, l.reason]), [[200, 'allow', undefined], [403, 'deny', 'claim_mismatch'], [401, 'deny', 'token_malformed']]);
+    await waitUntil(() => requests().length >= 4);
+    assert.deepEqual(requests().map((l) => [l.status, l.decision, l.reason]), [[200, 'allow', undefined], [403, 'deny', 'claim_mismatch'], [401, 'deny', 'token_malformed'], [401, 'deny', 'token_missing']]);
     await host.close();
     assertLogClean(host.stdout());
     assert.equal(host.stderr(), '');
