@@ -390,7 +390,7 @@ test(`configs through the CLI: ${COUNT.cli} mutated or corrupted files make \`--
       const file = join(dir, `config-${i}.json`);
       writeFileSync(file, bytes);
       const proc = startProcess(GATEWAY_RUNTIME, [MAIN_JS, '--check', '--config', file]);
-      const exit = await Promise.race([proc.exited, sleep(20_000).then(() => proc.close())]);
+      const exit = await Promise.race([proc.exited, sleep(20_000, undefined, { ref: false }).then(() => proc.close())]);
       const output = proc.stdout() + proc.stderr();
       exits.push(String(exit.code ?? exit.signal));
       const label = `${caseLabel(settings, 'cli', i)} ${note}: ${shown(bytes, 300)}`;
