@@ -43,8 +43,9 @@ export function openTunnel(client: Duplex, head: Buffer, o: TunnelOptions): Tunn
     finished = true;
     closedBy ??= why;
     for (const t of timers) clearTimeout(t);
-    upstream.destroy();
-    if (established) client.destroy();
+    // A reset is passed on as a reset: a FIN would tell the other side that what it got was complete.
+    (established && reason === 'client_aborted' ? upstream.resetAndDestroy() : upstream.destroy());
+    if (established) (reason === 'upstream_reset' ? (client as Socket).resetAndDestroy() : client.destroy());
     settle({ reason, established, closedBy, bytesUp, bytesDown });
   };
 

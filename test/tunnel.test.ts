@@ -62,7 +62,7 @@ async function startTcp(onSocket: (socket: Socket) => void): Promise<TcpServer> 
   const accepted: Accepted[] = [];
   const server = createServer({ allowHalfOpen: true }, (socket) => {
     socket.on('error', () => socket.destroy());
-    accepted.push({ socket, ended: once(socket, 'end').then(() => {}, () => {}), closed: once(socket, 'close').then(() => {}) });
+    accepted.push({ socket, ended: once(socket, 'end').then(() => {}, () => {}), closed: new Promise((resolve) => socket.once('close', () => resolve())) });
     onSocket(socket);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -251,7 +251,7 @@ function proxyConnection(socket: Socket): ProxyConnection {
     changed();
   });
   const ended = once(socket, 'end').then(() => {}, () => {});
-  const closed = once(socket, 'close').then(() => {
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve())).then(() => {
     isClosed = true;
     if (!parsed) fail(new Error(`closed before an answer; got ${JSON.stringify(pending.toString('latin1'))}`));
     else if (parsed.status !== 200) settle({ ...parsed, json: body.startsWith('{') ? (JSON.parse(body) as Record<string, unknown>) : undefined });
@@ -758,6 +758,30 @@ test('a client closing mid-tunnel closes the destination socket and logs the byt
     assert.equal(line.bytesUp, 5, name);
     assert.equal(line.bytesDown, 5, name);
     assert.equal(line.closedBy, 'client', name);
+  }
+});
+
+const onBun = () => String(gw.logs().find((l) => l.kind === 'start')?.runtime).startsWith('bun');
+
+test('a reset is passed on as a reset, both ways: a FIN would let the other side take a cut stream for a whole one', async () => {
+  for (const from of ['client', 'upstream'] as const) {
+    const since = gw.logs().length;
+    const c = openConnect(gw.port, literal(tcpEcho.port), [bearer(token())]);
+    assert.equal((await c.answer).status, 200, from);
+    c.socket.write('12345');
+    await c.receivedAtLeast(5);
+    const destination = tcpEcho.accepted.at(-1)!.socket;
+    const [resetting, other] = from === 'client' ? [c.socket, destination] : [destination, c.socket];
+    const seen = new Promise<string>((resolve) => {
+      other.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+      other.once('close', () => resolve('a close without an error'));
+    });
+    resetting.resetAndDestroy();
+    // Bun reports a client's reset on a CONNECT socket as a clean end (no 'error', no `errored`): nothing to pass on.
+    const expected = from === 'client' && onBun() ? 'a close without an error' : 'ECONNRESET';
+    assert.equal(await within(seen, 3_000, `${from} reset: the other side closing`), expected, `a reset by the ${from}`);
+    const line = await logLine(gw, since, (l) => l.kind === 'tunnel' && l.target === literal(tcpEcho.port));
+    assert.equal(line.closedBy, from, JSON.stringify(gw.logs().slice(since)));
   }
 });
 
