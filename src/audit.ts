@@ -11,10 +11,8 @@ import { claimText } from './policy.js';
 import type { ForwardOutcome } from './proxy.js';
 
 /** The claims that say who came in (GitHub's OIDC token claims). */
-export const IDENTITY_CLAIMS = [
-  'iss', 'sub', 'repository', 'repository_id', 'repository_owner', 'ref', 'sha', 'workflow_ref',
-  'job_workflow_ref', 'environment', 'actor', 'run_id', 'run_attempt', 'jti',
-] as const;
+export const IDENTITY_CLAIMS = ['iss', 'sub', 'repository', 'repository_id', 'repository_owner', 'ref', 'sha', 'workflow_ref',
+  'job_workflow_ref', 'environment', 'actor', 'run_id', 'run_attempt', 'jti'] as const;
 
 export type Log = (line: Record<string, unknown>) => void;
 

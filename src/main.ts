@@ -79,13 +79,10 @@ function summary(c: GatewayConfig): string {
   return `${lines.join('\n')}\n`;
 }
 
-function checkRuntime(): string {
-  const bun = process.versions.bun;
-  if (bun === undefined) return `node ${process.versions.node}`;
-  const [major = 0, minor = 0] = bun.split('.').map(Number);
+function checkRuntime(bun = process.versions.bun): string {
   // Bun before 1.4 broke CONNECT, upgrades, keep-alive agents and server timeouts.
-  if (major < 1 || (major === 1 && minor < 4)) fail(`Bun ${bun} is too old: Bun 1.4 or later is required`);
-  return `bun ${bun}`;
+  if (bun !== undefined && (Number(bun.split('.')[0]) < 1 || /^1\.[0-3]\./.test(bun))) fail(`Bun ${bun} is too old: Bun 1.4 or later is required`);
+  return bun === undefined ? `node ${process.versions.node}` : `bun ${bun}`;
 }
 
 async function main(): Promise<void> {

@@ -35,8 +35,7 @@ export function createMetrics(): { observe: Log; render(held: Snapshot): string 
     return labelTexts.get(key) ?? labelTexts.set(key, labelText(labels)).get(key)!;
   };
   const add = (name: keyof typeof COUNTERS, labels: Labels, by = 1) => {
-    const series = counters.get(name)!;
-    const key = textOf(labels);
+    const series = counters.get(name)!, key = textOf(labels);
     series.set(key, (series.get(key) ?? 0) + by);
   };
 

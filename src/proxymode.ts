@@ -41,8 +41,7 @@ export function createProxyMode(log: Log) {
   const live = new Set<Tunnel>();
   // Every CONNECT socket from arrival to close, so a shutdown can end those still being admitted.
   const sockets = new Set<Duplex>();
-  let stopping = false;
-  let ownPorts: readonly number[] = [];
+  let stopping = false, ownPorts: readonly number[] = [];
 
   /** Token, then destination, then claims, then the resolved address: the admitted entry and address, or a refusal already answered. */
   async function admit(ex: Exchange, dest: Destination, head: InboundHead, plan: ProxyPlan) {
