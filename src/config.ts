@@ -70,6 +70,9 @@ export type ConfigResult = { ok: true; config: GatewayConfig; warnings: string[]
 type Json = Record<string, unknown>;
 type Report = (path: string, problem: string) => void;
 
+/** Configs parseConfig returned: the gateway takes no other, so a host program cannot skip the refusals below. */
+export const accepted = new WeakSet<GatewayConfig>();
+
 /** Validates parsed JSON into a GatewayConfig, or lists every problem with its path. */
 export function parseConfig(input: unknown): ConfigResult {
   const problems: string[] = [];
@@ -81,10 +84,8 @@ export function parseConfig(input: unknown): ConfigResult {
   const endpoint = (name: 'listen' | 'admin') => {
     const o = object(or(root[name], {}), name, ['host', 'port'], p);
     const host = or(o.host, DEFAULTS[name].host);
-    const port = or(o.port, DEFAULTS[name].port);
     if (typeof host !== 'string' || host === '') p(`${name}.host`, 'expected a host name or address');
-    if (!Number.isInteger(port) || (port as number) < 0 || (port as number) > 65535) p(`${name}.port`, 'expected an integer from 0 to 65535');
-    return { host: text(host), port: typeof port === 'number' ? port : NaN };
+    return { host: text(host), port: num(o, 'port', DEFAULTS[name].port, 0, 65535, name, p) };
   };
   const [listen, admin] = (['listen', 'admin'] as const).map(endpoint);
   const wildcard = (h: string) => h === '0.0.0.0' || h === '::';
@@ -128,7 +129,7 @@ export function parseConfig(input: unknown): ConfigResult {
   const tunnelList = array(root.tunnels, 'tunnels', p);
   if (routeList.length === 0 && tunnelList.length === 0) p('routes', 'expected at least one route or tunnel');
   const routes = routeList.map((raw, i) => route(raw, `routes[${i}]`, issuers.length > 1, p, w));
-  const paths = routes.map((r) => r.path);
+  const paths = routes.map((r) => r.path.toLowerCase());
   paths.forEach((path, i) => paths.indexOf(path) !== i && p(`routes[${i}].path`, `duplicate of routes[${paths.indexOf(path)}].path`));
 
   const tunnels = tunnelList.map((raw, i): TunnelConfig => {
@@ -143,7 +144,8 @@ export function parseConfig(input: unknown): ConfigResult {
   });
 
   if (problems.length > 0) return { ok: false, problems };
-  return { ok: true, config: { listen, admin, issuers, token, keys, timeouts, trustedProxies, routes, tunnels, log }, warnings };
+  const config = { listen, admin, issuers, token, keys, timeouts, trustedProxies, routes, tunnels, log };
+  return (accepted.add(config), { ok: true, config, warnings });
 }
 
 function route(raw: unknown, at: string, pinIssuer: boolean, p: Report, w: Report): RouteConfig {
@@ -221,7 +223,8 @@ function numbers<S extends Section>(section: S, o: Json, p: Report): Numbers<S> 
 
 function num(o: Json, key: string, fallback: number, min: number, max: number, at: string, p: Report): number {
   const v = or(o[key], fallback);
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) p(`${at}.${key}`, `expected a number from ${min} to ${max}`);
+  // Whole numbers only: AbortSignal.timeout(5000.5) throws on Node, and would leave every key fetch failing.
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) p(`${at}.${key}`, `expected a whole number from ${min} to ${max}`);
   return typeof v === 'number' ? v : NaN;
 }
 

@@ -27,7 +27,7 @@ export async function explain(config: GatewayConfig, input: ExplainInput, print:
     print('claims: taken as given, not verified');
     claims = input.claims;
   }
-  print(`identity: ${Object.entries(identityOf(claims)).map(([k, v]) => `${k}=${v}`).join(' ') || '(none)'}`);
+  print(`identity: ${Object.entries(identityOf(claims)).map(([k, v]) => `${k}=${JSON.stringify(v).slice(1, -1)}`).join(' ') || '(none)'}`);
 
   const routes = config.routes.map((r) => ({ ...r, upstreamPath: '', misses: explainPolicy(compilePolicy(r.allow), claims) }));
   for (const r of routes) report(`route ${r.path}${r.methods ? ` [${r.methods.join(', ')}]` : ''}`, r.misses, print);
@@ -37,8 +37,8 @@ export async function explain(config: GatewayConfig, input: ExplainInput, print:
   if (input.path !== undefined) {
     const target = parseTarget(input.path);
     const routed = target && createRouter(routes)(target.path);
-    const allowed = routed !== undefined && admits(routed.route.misses);
-    const verdict = !target ? 'refused: bad_request' : !routed ? 'refused: route_unknown' : `${allowed ? 'allowed' : 'refused: claim_mismatch'} (route ${routed.route.path})`;
+    const allowed = typeof routed === 'object' && admits(routed.route.misses);
+    const verdict = !target || routed === 'ambiguous' ? 'refused: bad_request' : !routed ? 'refused: route_unknown' : `${allowed ? 'allowed' : 'refused: claim_mismatch'} (route ${routed.route.path})`;
     print(`path ${input.path}: ${verdict}`);
     return allowed ? 0 : 1;
   }

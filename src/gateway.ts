@@ -6,7 +6,7 @@ import type { Agent, IncomingMessage, ServerResponse } from 'node:http';
 import { BlockList, isIPv4 } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { beginExchange, IDENTITY_CLAIMS, identityOf, type Exchange, type Log } from './audit.js';
-import type { GatewayConfig, IssuerConfig, RouteConfig } from './config.js';
+import { accepted, type GatewayConfig, type IssuerConfig, type RouteConfig } from './config.js';
 import { claimHeaders, inspectHead, upstreamHeaders, type InboundHead } from './headers.js';
 import { createKeySet, type KeySet, type KeySetOptions } from './jwks.js';
 import { createTokenVerifier, type Claims, type KeyResolver, type VerifierOptions } from './jwt.js';
@@ -45,7 +45,7 @@ type CompiledRoute = RouteConfig & { readonly upstreamPath: string; readonly pol
 /** Everything one config compiles to. A request reads the plan in force once, when it arrives. */
 interface Plan extends ProxyPlan {
   readonly keySets: ReadonlyMap<string, KeySet>;
-  readonly route: (path: string) => Routed<CompiledRoute> | undefined;
+  readonly route: (path: string) => Routed<CompiledRoute> | 'ambiguous' | undefined;
   readonly trusted: BlockList;
 }
 
@@ -89,11 +89,12 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
   let plan = compile(initial);
 
   function compile(config: GatewayConfig): Plan {
+    if (!accepted.has(config)) throw new TypeError('createGateway and reload take only a config returned by parseConfig');
     const keySets = new Map<string, KeySet>();
     for (const i of config.issuers) {
       const shape = JSON.stringify([i.issuer, i.jwksUri, i.jwksFile]);
       if (!keySetPool.has(shape)) {
-        keySetPool.set(shape, createKeySet({ ...i, ...config.keys, fetch: opts.fetch, now: opts.now, log }));
+        keySetPool.set(shape, createKeySet({ ...i, ...initial.keys, fetch: opts.fetch, now: opts.now, log }));
         if (started) void keySetPool.get(shape)!.start();
       }
       keySets.set(i.issuer, keySetPool.get(shape)!);
@@ -129,13 +130,17 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
     const done = () => inflight[slot] === res && ((inflight[slot] = stops[slot] = undefined), freeSlots.push(slot));
     res.once('finish', done).once('close', done);
     const head = inspectHead(req.rawHeaders, p.config.token.header);
-    ex.bodyPending = head.hasBody;
-    if (head.framing) return ex.refuse('bad_request', { detail: head.framing });
+    // HTTP/1.0 has no chunked coding (RFC 9112 §6.1). A refused framing closes the connection: Bun would parse on.
+    const framing = head.framing ?? (head.bodyFraming && 'chunked' in head.bodyFraming && req.httpVersion === '1.0' ? 'chunked in HTTP/1.0' : undefined);
+    ex.bodyPending = head.hasBody || framing !== undefined;
+    if (framing) return ex.refuse('bad_request', { detail: framing });
     const absoluteForm = p.config.tunnels.length > 0 && req.url?.startsWith('http://');
     const to = absoluteForm ? await proxyMode.forward(req, ex, head, p) : await admitRoute(req, res, ex, head, p);
     if (!to) return;
     // Admitted after stop() (its token waited on a key fetch): nothing would end its forwarding.
     if (stopping) return ex.refuse('gateway_stopping');
+    // Node still hands us requests pipelined behind an answer that closes the connection: none of them would be answered.
+    if (!req.socket.writable || (!res.socket && (req.socket as { _httpMessage?: { _last?: boolean } })._httpMessage?._last)) return ex.log(499, 'client_aborted');
 
     if (expectsContinue) res.writeContinue();
     const headers = upstreamHeaders(req.rawHeaders, {
@@ -155,6 +160,7 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
     if (!target) return refuse('bad_request', { detail: 'unsafe request target' });
     entry.path = target.path;
     const routed = p.route(target.path);
+    if (routed === 'ambiguous') return refuse('bad_request', { detail: "the route depends on the path's case" });
     if (!routed) return refuse('route_unknown');
     const r = routed.route;
     entry.route = r.path;
@@ -202,10 +208,7 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
       if (path !== '/readyz') return send(404, '{"error":"route_unknown"}');
       send(snapshot.ready ? 200 : 503, JSON.stringify({ ready: snapshot.ready, draining, issuers: Object.fromEntries(issuers) }));
     },
-    async start() {
-      started = true;
-      await Promise.all([...plan.keySets.values()].map((k) => k.start()));
-    },
+    start: async () => void ((started = true), await Promise.all([...plan.keySets.values()].map((k) => k.start()))),
     // Pools of upstreams no route names any more are kept, not cut under requests still using them, until stop().
     reload: (config) => void (plan = compile(config)),
     drain() {

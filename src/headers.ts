@@ -8,6 +8,9 @@ const HOP_BY_HOP = new Set(['connection', 'proxy-connection', 'keep-alive', 'pro
 
 const FRAMING = new Set(['content-length', 'transfer-encoding', 'host']);
 
+// Never from a client: what says who it is (we do) and what overrides the method or path a route's policy judged.
+const OURS_ALONE = new Set(['forwarded', 'x-request-id', 'x-real-ip', 'true-client-ip', 'x-http-method-override', 'x-http-method', 'x-method-override', 'x-original-url', 'x-rewrite-url']);
+
 /** Whether a header has a meaning of its own to HTTP or to us, so that it cannot also carry the token. */
 export function isReservedHeader(name: string): boolean {
   return HOP_BY_HOP.has(name) || FRAMING.has(name) || ['expect', 'cookie', 'authorization', 'forwarded', 'x-request-id'].includes(name) ||
@@ -103,14 +106,15 @@ export function upstreamHeaders(raw: readonly string[], o: UpstreamHeadOptions):
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toLowerCase();
     const value = raw[i + 1]!;
-    if (name === o.tokenHeader || name === 'content-length') continue;
     if (name === 'host') host = value;
     if (o.trustedPeer && name === 'x-forwarded-for') forwardedFor = forwardedFor ? `${forwardedFor}, ${value}` : value;
     if (o.trustedPeer && name === 'x-forwarded-proto') forwardedProto ||= value;
     if (o.trustedPeer && name === 'x-forwarded-host') forwardedHost ||= value;
-    if (drop(name) || name === 'host' || name === 'expect' || name === 'x-request-id') continue;
-    // Identity and forwarding headers are ours alone: a client cannot pre-set them.
-    if (name.startsWith('x-oidc-') || name.startsWith('x-forwarded-') || name === 'forwarded') continue;
+    // CGI-style servers (WSGI, Rack) read "X_Oidc_Repository" as X-Oidc-Repository: ours are checked in both spellings.
+    const dashed = name.includes('_') ? name.replaceAll('_', '-') : name;
+    if (drop(name) || dashed === o.tokenHeader || name === 'content-length' || name === 'host' || name === 'expect') continue;
+    // Identity and forwarding headers are ours alone: a client cannot pre-set them, nor re-state the method or path we judged.
+    if (dashed.startsWith('x-oidc-') || dashed.startsWith('x-forwarded-') || OURS_ALONE.has(dashed)) continue;
     append(out, name, value);
   }
   // We state the framing the parser saw: a GET whose chunked body lost its Transfer-Encoding would reach upstream as a second request.

@@ -6,10 +6,8 @@ import { isIPv4 } from 'node:net';
 import { importRsaJwk } from './jwk.js';
 import { isObject, type KeyResolver } from './jwt.js';
 
-export const KEYSET_DEFAULTS = {
-  fetchTimeoutMs: 5_000, cooldownMs: 30_000, maxAgeMs: 600_000, minMaxAgeMs: 60_000, maxMaxAgeMs: 86_400_000,
-  staleIfErrorMs: 86_400_000, maxBodyBytes: 1024 * 1024,
-} as const;
+export const KEYSET_DEFAULTS = { fetchTimeoutMs: 5_000, cooldownMs: 30_000, maxAgeMs: 600_000, minMaxAgeMs: 60_000, maxMaxAgeMs: 86_400_000,
+  staleIfErrorMs: 86_400_000, maxBodyBytes: 1024 * 1024 } as const;
 
 const TIMERS = ['fetchTimeoutMs', 'cooldownMs', 'staleIfErrorMs'] as const;
 
@@ -50,7 +48,7 @@ export function createKeySet(opts: KeySetOptions): KeySet {
   if (opts.jwksUri !== undefined && opts.jwksFile !== undefined) throw new TypeError('jwksUri and jwksFile: give at most one');
   const [fetchTimeoutMs, cooldownMs, staleIfErrorMs] = TIMERS.map((name) => {
     const ms = opts[name] ?? KEYSET_DEFAULTS[name];
-    if (!(Number.isFinite(ms) && ms >= 0)) throw new TypeError(`${name}: expected a number >= 0`);
+    if (!(Number.isInteger(ms) && ms >= 0)) throw new TypeError(`${name}: expected a whole number >= 0`);
     return ms;
   });
   const doFetch = opts.fetch ?? globalThis.fetch;
@@ -62,14 +60,12 @@ export function createKeySet(opts: KeySetOptions): KeySet {
   }
 
   let keys = new Map<string, KeyObject>();
-  let lastGoodFetch: number | undefined;
-  let expiresAt = 0;
+  let lastGoodFetch: number | undefined, expiresAt = 0;
   // Refresh once 80% of the max age has passed, so no request waits on it.
   let refreshAt = Infinity;
-  let lastAttempt = -Infinity;
+  let lastAttempt = -Infinity, stopped = false;
   let inflight: Promise<boolean> | undefined;
   let timer: ReturnType<typeof setTimeout> | undefined;
-  let stopped = false;
 
   const usable = (t: number) => keys.size > 0 && t < expiresAt + staleIfErrorMs;
 
@@ -159,10 +155,7 @@ export function createKeySet(opts: KeySetOptions): KeySet {
       schedule(ok ? 0 : 1);
       return ok;
     },
-    stop() {
-      stopped = true;
-      clearTimeout(timer);
-    },
+    stop: () => void ((stopped = true), clearTimeout(timer)),
   };
 }
 

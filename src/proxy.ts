@@ -86,14 +86,14 @@ export function forward(req: IncomingMessage, res: ServerResponse, o: ForwardOpt
       else out.end();
     };
 
+    // A client that left while its token was being verified is not forwarded: not even a connection is opened.
+    if (res.destroyed) return settle('client_aborted');
     // The client going away cancels the upstream exchange at any stage.
     res.on('close', () => { if (!res.writableFinished) giveUp('client_aborted')(); });
     o.onStoppable?.(() => (giveUp('gateway_stopping')(), headSent && res.destroy()));
     req.on('data', (chunk: Buffer) => (bytesIn += chunk.length));
     req.on('error', () => out.destroy());
     send(o.agent);
-    // A client that left while its token was being verified is not forwarded at all.
-    if (res.destroyed) giveUp('client_aborted')();
 
     const answer = (upstreamRes: IncomingMessage) => {
       clearTimeout(timer);

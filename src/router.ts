@@ -8,9 +8,9 @@ export function parseTarget(url: string): { readonly path: string; readonly quer
   if (url.length === 0 || url[0] !== '/' || url.startsWith('//')) return undefined;
   const q = url.indexOf('?');
   const path = q < 0 ? url : url.slice(0, q);
-  // Controls, space, DEL and anything outside ASCII must be percent-encoded; no backslash in the path, and no path
-  // parameters: servlet containers read "/admin;x/secret" as "/admin/secret".
-  if (/[\x00-\x20\x7f-\uffff]/.test(url) || /[\\;]/.test(path)) return undefined;
+  // Controls, space, DEL and non-ASCII must be percent-encoded. No backslash, no path parameters (servlet containers read
+  // "/admin;x/secret" as "/admin/secret"), no fragment (never in a target, RFC 9112 §3.2; URL parsers upstream drop it).
+  if (/[\x00-\x20#\x7f-\uffff]/.test(url) || /[\\;]/.test(path)) return undefined;
   for (let i = path.indexOf('%'); i >= 0; i = path.indexOf('%', i + 1)) {
     const hex = path.slice(i + 1, i + 3).toLowerCase();
     if (!/^[0-9a-f]{2}$/.test(hex)) return undefined;
@@ -27,14 +27,17 @@ export function parseTarget(url: string): { readonly path: string; readonly quer
 /** A route, and the request path with the route's prefix replaced by the upstream's path. */
 export type Routed<R> = { readonly route: R; readonly upstreamPath: string };
 
-/** Longest-prefix routing at segment boundaries, in one map look-up per path segment. */
-export function createRouter<R extends { readonly path: string; readonly upstreamPath: string }>(routes: readonly R[]): (path: string) => Routed<R> | undefined {
-  const byPrefix = new Map(routes.map((r) => [r.path, r]));
+/** Longest-prefix routing at segment boundaries, in one map look-up per path segment, matching case-blind: IIS, and Express
+ *  by default, serve "/ADMIN" as "/admin", so a path that names its route in another case is 'ambiguous', never sent to "/". */
+export function createRouter<R extends { readonly path: string; readonly upstreamPath: string }>(routes: readonly R[]): (path: string) => Routed<R> | 'ambiguous' | undefined {
+  const byPrefix = new Map(routes.map((r) => [r.path.toLowerCase(), r]));
   return (path) => {
-    let prefix = path.length > 1 && path.endsWith('/') ? path.slice(0, -1) : path;
+    const lower = path.toLowerCase();
+    let prefix = lower.length > 1 && lower.endsWith('/') ? lower.slice(0, -1) : lower;
     for (;;) {
       const route = byPrefix.get(prefix);
       if (route) {
+        if (!path.startsWith(route.path)) return 'ambiguous';
         const rest = path.slice(prefix === '/' ? 0 : prefix.length);
         return { route, upstreamPath: rest === '' ? route.upstreamPath : route.upstreamPath.replace(/\/$/, '') + rest };
       }

@@ -39,7 +39,8 @@ export function createListeners(gateway: Gateway, config: GatewayConfig): Listen
   publicServer.on('connect', (req, socket, head) => gateway.connect(req, socket, head));
   // A malformed head never reaches a handler: answer 400 and close.
   publicServer.on('clientError', (err: NodeJS.ErrnoException, socket) => {
-    if (!socket.writable) return void socket.destroy();
+    // Garbage behind a request whose response is under way: a 400 now would land inside that response's body.
+    if (!socket.writable || (socket as { _httpMessage?: unknown })._httpMessage) return void socket.destroy();
     const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : '400 Bad Request';
     socket.end(`HTTP/1.1 ${status}\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"error":"bad_request","id":""}`);
   });

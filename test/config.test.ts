@@ -133,11 +133,11 @@ const INVALID: [what: string, change: (c: Json) => void, problems: string[]][] =
   ['admin as an array', (c) => (c.admin = []), ['admin: expected an object']],
   ['token as a string', (c) => (c.token = 'gateway-authorization'), ['token: expected an object']],
   ['timeouts as an array', (c) => (c.timeouts = [1]), ['timeouts: expected an object']],
-  ['listen.port as a string', (c) => (c.listen = { port: '8000' }), ['listen.port: expected an integer from 0 to 65535']],
-  ['listen.port as a fraction', (c) => (c.listen = { port: 80.5 }), ['listen.port: expected an integer from 0 to 65535']],
-  ['listen.port 65536', (c) => (c.listen = { port: 65536 }), ['listen.port: expected an integer from 0 to 65535']],
-  ['listen.port -1', (c) => (c.listen = { port: -1 }), ['listen.port: expected an integer from 0 to 65535']],
-  ['admin.port true', (c) => (c.admin = { port: true }), ['admin.port: expected an integer from 0 to 65535']],
+  ['listen.port as a string', (c) => (c.listen = { port: '8000' }), ['listen.port: expected a whole number from 0 to 65535']],
+  ['listen.port as a fraction', (c) => (c.listen = { port: 80.5 }), ['listen.port: expected a whole number from 0 to 65535']],
+  ['listen.port 65536', (c) => (c.listen = { port: 65536 }), ['listen.port: expected a whole number from 0 to 65535']],
+  ['listen.port -1', (c) => (c.listen = { port: -1 }), ['listen.port: expected a whole number from 0 to 65535']],
+  ['admin.port true', (c) => (c.admin = { port: true }), ['admin.port: expected a whole number from 0 to 65535']],
   ['an empty listen.host', (c) => (c.listen = { host: '' }), ['listen.host: expected a host name or address']],
   ['admin.host as a number', (c) => (c.admin = { host: 127 }), ['admin.host: expected a host name or address']],
   ['issuers as an object', (c) => (c.issuers = c.issuers[0]), ['issuers: expected an array', 'issuers: expected at least one issuer']],
@@ -157,14 +157,17 @@ const INVALID: [what: string, change: (c: Json) => void, problems: string[]][] =
   ['token.header with a space', (c) => (c.token = { header: 'gateway authorization' }), ['token.header: expected an HTTP header name']],
   ['token.header with a colon', (c) => (c.token = { header: 'x-token:' }), ['token.header: expected an HTTP header name']],
   ['an empty token.header', (c) => (c.token = { header: '' }), ['token.header: expected an HTTP header name']],
-  ['token.clockSkewSeconds as a string', (c) => (c.token = { clockSkewSeconds: '60' }), ['token.clockSkewSeconds: expected a number from 0 to 600']],
-  ['token.clockSkewSeconds -1', (c) => (c.token = { clockSkewSeconds: -1 }), ['token.clockSkewSeconds: expected a number from 0 to 600']],
-  ['token.maxAgeSeconds 0', (c) => (c.token = { maxAgeSeconds: 0 }), ['token.maxAgeSeconds: expected a number from 1 to 86400']],
-  ['token.maxBytes 100', (c) => (c.token = { maxBytes: 100 }), ['token.maxBytes: expected a number from 1024 to 65536']],
-  ['keys.fetchTimeoutMs 0', (c) => (c.keys = { fetchTimeoutMs: 0 }), ['keys.fetchTimeoutMs: expected a number from 100 to 60000']],
-  ['keys.cooldownMs as a string', (c) => (c.keys = { cooldownMs: '30s' }), ['keys.cooldownMs: expected a number from 1000 to 3600000']],
-  ['timeouts.upstreamHeadMs as a string', (c) => (c.timeouts = { upstreamHeadMs: '30s' }), ['timeouts.upstreamHeadMs: expected a number from 10 to 3600000']],
-  ['timeouts.idleMs 0', (c) => (c.timeouts = { idleMs: 0 }), ['timeouts.idleMs: expected a number from 10 to 86400000']],
+  ['token.clockSkewSeconds as a string', (c) => (c.token = { clockSkewSeconds: '60' }), ['token.clockSkewSeconds: expected a whole number from 0 to 600']],
+  ['token.clockSkewSeconds -1', (c) => (c.token = { clockSkewSeconds: -1 }), ['token.clockSkewSeconds: expected a whole number from 0 to 600']],
+  ['token.maxAgeSeconds 0', (c) => (c.token = { maxAgeSeconds: 0 }), ['token.maxAgeSeconds: expected a whole number from 1 to 86400']],
+  ['token.maxBytes 100', (c) => (c.token = { maxBytes: 100 }), ['token.maxBytes: expected a whole number from 1024 to 65536']],
+  ['keys.fetchTimeoutMs 0', (c) => (c.keys = { fetchTimeoutMs: 0 }), ['keys.fetchTimeoutMs: expected a whole number from 100 to 60000']],
+  // AbortSignal.timeout(5000.5) throws on Node: every key fetch would fail.
+  ['keys.fetchTimeoutMs 5000.5', (c) => (c.keys = { fetchTimeoutMs: 5000.5 }), ['keys.fetchTimeoutMs: expected a whole number from 100 to 60000']],
+  ['timeouts.drainMs 0.5', (c) => (c.timeouts = { drainMs: 0.5 }), ['timeouts.drainMs: expected a whole number from 0 to 600000']],
+  ['keys.cooldownMs as a string', (c) => (c.keys = { cooldownMs: '30s' }), ['keys.cooldownMs: expected a whole number from 1000 to 3600000']],
+  ['timeouts.upstreamHeadMs as a string', (c) => (c.timeouts = { upstreamHeadMs: '30s' }), ['timeouts.upstreamHeadMs: expected a whole number from 10 to 3600000']],
+  ['timeouts.idleMs 0', (c) => (c.timeouts = { idleMs: 0 }), ['timeouts.idleMs: expected a whole number from 10 to 86400000']],
   ['trustedProxies as a number', (c) => (c.trustedProxies = 10), ['trustedProxies: expected a string or an array of strings']],
   ['trustedProxies holding a number', (c) => (c.trustedProxies = ['10.0.0.0/8', 10]), ['trustedProxies: expected a string or an array of strings']],
   ['routes as an object', (c) => (c.routes = c.routes[0]), ['routes: expected an array', NO_ROUTES]],
@@ -199,6 +202,7 @@ const INVALID: [what: string, change: (c: Json) => void, problems: string[]][] =
   ['duplicate route paths', (c) => c.routes.push({ ...c.routes[0] }), ['routes[1].path: duplicate of routes[0].path']],
   ['route paths "/a" and "/a/"', (c) => c.routes.push({ ...c.routes[0], path: '/a' }, { ...c.routes[0], path: '/a/' }), ['routes[2].path: duplicate of routes[1].path']],
   ['route paths "/" and "/"', (c) => c.routes.push({ ...c.routes[0], path: '/' }, { ...c.routes[0], path: '/' }), ['routes[2].path: duplicate of routes[1].path']],
+  ['route paths differing only in case', (c) => c.routes.push({ ...c.routes[0], path: '/Files' }, { ...c.routes[0], path: '/files/' }), ['routes[2].path: duplicate of routes[1].path']],
 
   // allow rules
   ['an empty allow', (c) => (c.routes[0].allow = []), [`routes[0].allow: ${NO_RULE}`]],
@@ -333,7 +337,7 @@ test('parseConfig reports several problems at once, each with its own path', () 
     'extra: unknown key',
     'listen.extra: unknown key',
     'listen.host: expected a host name or address',
-    'listen.port: expected an integer from 0 to 65535',
+    'listen.port: expected a whole number from 0 to 65535',
     'issuers[0].issuer: expected https (plain http only to a loopback host)',
     'issuers[0].audience: expected a non-empty string or array of them',
     'issuers[1]: give jwksUri or jwksFile, not both',
@@ -448,7 +452,7 @@ test('parseConfig never throws when any node of a valid config is replaced by an
 
 const MODE = 'expected "proxy" or "auth"';
 const LEVEL = 'expected one of debug, info, warn, error';
-const DRAIN = 'expected a number from 0 to 600000';
+const DRAIN = 'expected a whole number from 0 to 600000';
 const AUTH_UPSTREAM = 'an auth route answers itself: leave the upstream out';
 /** The minimal config's route turned into a forward-auth route: mode auth, no upstream. */
 const toAuth = (c: Json) => ((c.routes[0].mode = 'auth'), delete c.routes[0].upstream);
@@ -476,9 +480,9 @@ const ADDITIONS: [what: string, change: (c: Json) => void, problems: string[]][]
   ...[0, 1, 25_000, 600_000].map((ms): [string, (c: Json) => void, string[]] => [`timeouts.drainMs ${ms}`, (c) => (c.timeouts = { drainMs: ms }), []]),
   ...[-1, 600_001, '25s', null, 1e308].map((ms): [string, (c: Json) => void, string[]] => [`timeouts.drainMs ${JSON.stringify(ms)}`, (c) => (c.timeouts = { drainMs: ms }), [`timeouts.drainMs: ${DRAIN}`]]),
   ...[0, 2_000, 600_000].map((ms): [string, (c: Json) => void, string[]] => [`timeouts.drainGraceMs ${ms}`, (c) => (c.timeouts = { drainGraceMs: ms }), []]),
-  ...[-1, 600_001, '2s'].map((ms): [string, (c: Json) => void, string[]] => [`timeouts.drainGraceMs ${JSON.stringify(ms)}`, (c) => (c.timeouts = { drainGraceMs: ms }), ['timeouts.drainGraceMs: expected a number from 0 to 600000']]),
+  ...[-1, 600_001, '2s'].map((ms): [string, (c: Json) => void, string[]] => [`timeouts.drainGraceMs ${JSON.stringify(ms)}`, (c) => (c.timeouts = { drainGraceMs: ms }), ['timeouts.drainGraceMs: expected a whole number from 0 to 600000']]),
   ...[1_000, 65_000, 3_600_000].map((ms): [string, (c: Json) => void, string[]] => [`timeouts.keepAliveMs ${ms}`, (c) => (c.timeouts = { keepAliveMs: ms }), []]),
-  ...[0, 999, 3_600_001, null].map((ms): [string, (c: Json) => void, string[]] => [`timeouts.keepAliveMs ${JSON.stringify(ms)}`, (c) => (c.timeouts = { keepAliveMs: ms }), ['timeouts.keepAliveMs: expected a number from 1000 to 3600000']]),
+  ...[0, 999, 3_600_001, null].map((ms): [string, (c: Json) => void, string[]] => [`timeouts.keepAliveMs ${JSON.stringify(ms)}`, (c) => (c.timeouts = { keepAliveMs: ms }), ['timeouts.keepAliveMs: expected a whole number from 1000 to 3600000']]),
 ];
 
 for (const [what, change, problems] of ADDITIONS) {
@@ -572,7 +576,7 @@ test('a refused config reports problems and no warnings, even beside a rule that
 
 // --- the verified-token cache ------------------------------------------------------------
 
-const CACHE_SIZE = 'token.cacheSize: expected a number from 0 to 100000';
+const CACHE_SIZE = 'token.cacheSize: expected a whole number from 0 to 100000';
 
 test('token.cacheSize defaults to 10,000 verified tokens, in DEFAULTS and in a parsed minimal config', () => {
   assert.equal(DEFAULTS.token.cacheSize, 10_000);

@@ -50,6 +50,52 @@ test('a host program can mount the gateway in its own server', async () => {
   assert.equal(upstream.hits(), hits);
 });
 
+test('createGateway and reload take only a config from parseConfig: a host cannot skip its refusals, such as a rule that admits everyone', async () => {
+  const lib = (await import('oidc-gateway')) as typeof import('../src/index.ts');
+  const parsed = lib.parseConfig({ issuers: [{ issuer: issuer.issuer, audience: 'aud' }], routes: [{ path: '/svc', upstream: upstream.url, allow: [{ repository: 'octo-org/octo-repo' }] }] });
+  assert.ok(parsed.ok);
+  // Built in code, or a parsed config copied and edited: neither went through the refusals (here, an empty rule).
+  const open = { ...parsed.config, routes: [{ ...parsed.config.routes[0]!, allow: [{}] }] };
+  assert.throws(() => lib.createGateway(open), /parseConfig/);
+  const gateway = lib.createGateway(parsed.config);
+  try {
+    assert.throws(() => gateway.reload(open), /parseConfig/);
+    assert.throws(() => gateway.reload(structuredClone(parsed.config)), /parseConfig/);
+    gateway.reload(parsed.config);
+  } finally {
+    await gateway.stop();
+  }
+});
+
+test('keys.* settings apply at restart, also to an issuer a reload adds, as the reload log line says', { timeout: 20_000 }, async () => {
+  const lib = (await import('oidc-gateway')) as typeof import('../src/index.ts');
+  const second = await startIssuer({ keys: [key.jwk] });
+  const lines: Record<string, unknown>[] = [];
+  const gateway = lib.createGateway(parsedOrThrow(lib, { fetchTimeoutMs: 5_000 }, [issuer]), { log: (line) => lines.push(line) });
+  try {
+    await gateway.start();
+    // The reload adds an issuer whose key set answers in 400 ms, and asks for a 100 ms fetch timeout.
+    second.setPlan(JWKS_PATH, { delayMs: 400 });
+    gateway.reload(parsedOrThrow(lib, { fetchTimeoutMs: 100 }, [issuer, second]));
+    await waitUntil(() => gateway.ready(), 5_000);
+    const fetched = lines.filter((l) => l.kind === 'keys' && l.issuer === second.issuer).map((l) => l.result);
+    assert.deepEqual(fetched, ['ok'], 'fetched under the 5 s timeout in force since start, not the reloaded 100 ms');
+  } finally {
+    await gateway.stop();
+    await second.close();
+  }
+});
+
+function parsedOrThrow(lib: typeof import('../src/index.ts'), keys: Record<string, number>, issuers: readonly Issuer[]) {
+  const parsed = lib.parseConfig({
+    issuers: issuers.map((i) => ({ issuer: i.issuer, audience: 'aud' })),
+    routes: [{ path: '/svc', upstream: upstream.url, allow: issuers.map((i) => ({ iss: i.issuer, repository: 'octo-org/octo-repo' })) }],
+    keys,
+  });
+  if (!parsed.ok) throw new Error(parsed.problems.join('; '));
+  return parsed.config;
+}
+
 /** The gateway mounted in a host server, its one route to an upstream that answers each request only when told. */
 async function mountHeld(answer: (res: http.ServerResponse) => void) {
   const lib = (await import('oidc-gateway')) as typeof import('../src/index.ts');
@@ -226,6 +272,9 @@ test('a client that leaves while its token verifies frees its slot to the next r
     // The first one's verification ends and it reaches forward(), for a client that is gone.
     await waitUntil(() => m.requestLines().length === 1, 3_000);
     assert.deepEqual(m.requestLines(), [[499, 'client_aborted']]);
+    // Time for a connection the gateway might have opened in its name to reach the upstream.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.equal(m.held.connections(), 1, 'no upstream connection was opened for the client that left');
     await m.gateway.stop();
     assert.equal(await second, 503);
     assert.deepEqual(m.requestLines(), [[499, 'client_aborted'], [503, 'gateway_stopping']]);

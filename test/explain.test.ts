@@ -118,6 +118,8 @@ describe('verdicts on --path and --connect', { concurrency: true }, () => {
     ['/%61pi/x', 'refused: bad_request'],
     ['/api;x/y', 'refused: bad_request'],
     ['//evil.example/api', 'refused: bad_request'],
+    ['/api#x', 'refused: bad_request'],
+    ['/API/x', 'refused: bad_request'],
   ] as const) {
     test(`--path ${path} ends with "${verdict}" and exits 1`, async () => {
       const run = await explain(['--token', TOKEN_FILE, '--path', path]);
@@ -181,6 +183,16 @@ test('an expired token is refused as token_expired, and its claims given with --
   assert.equal(asClaims.code, 0, asClaims.stdout + asClaims.stderr);
   assert.deepEqual(asClaims.lines, ['claims: taken as given, not verified', IDENTITY, ...REPORT, 'path /api/x: allowed (route /api)']);
   assert.equal(issuer.hits(), 0, 'claims are not verified, so no keys are fetched');
+});
+
+test('claim values holding control characters are printed escaped: a claim cannot clear the terminal or forge a verdict line', async () => {
+  const forged = { ...EXPIRED_CLAIMS, ref: 'refs/heads/dev\u001b[2J\u001b[1A\rroute /api: allowed\npath /api/x: allowed (route /api)' };
+  const run = await explain(['--claims', file('forged.json', forged), '--path', '/deploy/x']);
+  assert.equal(run.code, 1, run.stdout + run.stderr);
+  assert.ok(!/[\u0000-\u0008\u000b-\u001f\u007f]/.test(run.stdout), `no raw control character: ${JSON.stringify(run.stdout)}`);
+  assert.equal(run.lines.filter((l) => l.startsWith('path ')).length, 1, 'one verdict line');
+  assert.equal(run.lines.at(-1), 'path /deploy/x: refused: claim_mismatch (route /deploy)');
+  assert.ok(run.lines.some((l) => l.includes('ref=refs/heads/dev\\u001b[2J\\u001b[1A\\rroute /api: allowed\\npath')), run.stdout);
 });
 
 test('with the issuer down, --token prints "token: refused: jwks_unavailable" and exits 2: keys that cannot be had are no refusal', async () => {

@@ -3,8 +3,10 @@
 // its reason, and that the upstream was not contacted.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { connect } from 'node:net';
 import {
-  assertCleanLog, generateRsaKey, rawExchange, signToken, startGateway, startIssuer, startRecorder, statusOf,
+  assertCleanLog, generateRsaKey, rawExchange, signToken, startGateway, startIssuer, startRecorder, statusOf, waitUntil,
   type Issuer, type Recorder, type RunningGateway, type TestKey,
 } from './helpers.ts';
 
@@ -13,6 +15,8 @@ let key: TestKey;
 let otherKey: TestKey;
 let issuer: Issuer;
 let upstream: Recorder;
+/** Sends its head and half its body at once, the rest 300 ms later. */
+let slow: Recorder;
 let gw: RunningGateway;
 const sentTokens: string[] = [];
 
@@ -52,6 +56,11 @@ before(async () => {
     res.writeHead(200, { 'content-type': 'application/json', 'x-upstream': 'yes', connection: 'keep-alive, x-upstream-private', 'x-upstream-private': 'no' });
     res.end(JSON.stringify({ url: req.url, bodyBytes: req.body.length }));
   });
+  slow = await startRecorder((_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '20' });
+    res.write('first-half|');
+    setTimeout(() => res.end('second-ha'), 300);
+  });
   gw = await startGateway({
     issuers: [{ issuer: issuer.issuer, audience: AUD }],
     routes: [
@@ -64,13 +73,14 @@ before(async () => {
       { path: '/artifacts/admin', upstream: `${upstream.url}/admin`, allow: [{ repository: 'octo-org/ops', environment: 'production' }] },
       { path: '/either', upstream: upstream.url, allow: [{ repository: 'octo-org/a' }, { repository_owner: 'octo-org', workflow: '1 *' }] },
       { path: '/read-only', upstream: upstream.url, methods: ['GET', 'HEAD'], allow: [{ repository: 'octo-org/*' }] },
+      { path: '/slow', upstream: slow.url, allow: [{ repository: 'octo-org/octo-repo' }] },
     ],
   });
 });
 
 after(async () => {
   await gw?.close();
-  await Promise.all([issuer?.close(), upstream?.close()]);
+  await Promise.all([issuer?.close(), upstream?.close(), slow?.close()]);
 });
 
 test('an admitted request reaches the upstream with the prefix rewritten and the query kept', async () => {
@@ -177,6 +187,21 @@ test('the upstream gets our identity headers, never the token, and no header a c
     'x-forwarded-host': 'evil.example',
     forwarded: 'for=6.6.6.6',
     'x-request-id': 'client-chosen',
+    // CGI-style servers (WSGI, Rack) read underscores as dashes: X_Oidc_Environment would be our X-Oidc-Environment.
+    X_Oidc_Environment: 'production',
+    x_oidc_repository: 'evil/spoof',
+    X_Forwarded_For: '6.6.6.6',
+    X_Request_Id: 'client-chosen',
+    gateway_authorization: `Bearer ${t}`,
+    // Headers some frameworks honour to re-state the client's address, method or path.
+    'x-real-ip': '6.6.6.6',
+    'true-client-ip': '6.6.6.6',
+    'x-http-method-override': 'DELETE',
+    'x-http-method': 'DELETE',
+    'x-method-override': 'DELETE',
+    'x-original-url': '/admin',
+    'x-rewrite-url': '/admin',
+    'x-custom_header': 'kept',
   });
   assert.equal(res.status, 200);
   const seen = upstream.requests.at(-1)!;
@@ -194,6 +219,9 @@ test('the upstream gets our identity headers, never the token, and no header a c
   assert.equal(h['x-forwarded-host'], new URL(gw.url).host);
   assert.equal(h['x-forwarded-proto'], 'http');
   assert.equal(h.forwarded, undefined);
+  const planted = ['x_oidc_environment', 'x_oidc_repository', 'x_forwarded_for', 'x_request_id', 'gateway_authorization', 'x-real-ip', 'true-client-ip', 'x-http-method-override', 'x-http-method', 'x-method-override', 'x-original-url', 'x-rewrite-url'];
+  for (const name of planted) assert.equal(h[name], undefined, `${name} never passes`);
+  assert.equal(h['x-custom_header'], 'kept', 'other names with an underscore pass');
   assert.equal(h.host, new URL(upstream.url).host);
   assert.match(String(h['x-request-id']), /^[0-9a-f-]{36}$/);
 });
@@ -243,6 +271,7 @@ test('unsafe targets and ambiguous framing are 400 before any token work, and ne
     ['two Content-Length headers', post('Content-Length: 5\r\nContent-Length: 5\r\n', 'hello')],
     ['Transfer-Encoding xchunked', post('Transfer-Encoding: xchunked\r\n', '5\r\nhello\r\n0\r\n\r\n')],
     ['Transfer-Encoding gzip, chunked', post('Transfer-Encoding: gzip, chunked\r\n', '5\r\nhello\r\n0\r\n\r\n')],
+    ['Transfer-Encoding in HTTP/1.0', post('Transfer-Encoding: chunked\r\n', '5\r\nhello\r\n0\r\n\r\n').replace('HTTP/1.1', 'HTTP/1.0')],
   ];
   for (const [name, raw] of cases) {
     const answer = await untouched(() => rawExchange(gw.port, raw));
@@ -250,6 +279,39 @@ test('unsafe targets and ambiguous framing are 400 before any token work, and ne
   }
   const logged = gw.logs().filter((l) => l.reason === 'bad_request');
   assert.ok(logged.length > 0 && logged.every((l) => l.identity === undefined), 'refused before any token work');
+});
+
+test('a refused framing closes the connection: what follows on it is never parsed as a request', async () => {
+  const t = token();
+  const next = `GET /artifacts/after HTTP/1.1\r\nHost: gw\r\ngateway-authorization: ${t}\r\n\r\n`;
+  const heads = [
+    `POST /artifacts/x HTTP/1.1\r\nHost: gw\r\ngateway-authorization: ${t}\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello`,
+    `POST /artifacts/x HTTP/1.1\r\nHost: gw\r\nHost: other\r\ngateway-authorization: ${t}\r\n\r\n`,
+    `POST /artifacts/x HTTP/1.0\r\nHost: gw\r\ngateway-authorization: ${t}\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n0\r\n\r\n`,
+  ];
+  for (const head of heads) {
+    const before = upstream.hits();
+    const answer = await rawExchange(gw.port, head + next);
+    assert.equal(upstream.hits(), before, `the upstream must not be contacted: ${JSON.stringify(answer)} ${JSON.stringify(upstream.requests.map((r) => r.url))} ${head.split("\r\n")[0]}`);
+    assert.equal(statusOf(answer), 400, head.split('\r\n')[0]);
+    assert.equal(answer.match(/HTTP\/1\.[01] \d{3}/g)?.length, 1, `one answer, then the connection closed: ${JSON.stringify(answer)}`);
+  }
+});
+
+test('garbage behind a request whose response is under way cuts the connection, and never lands a 400 inside that response', async () => {
+  const socket = connect(gw.port, '127.0.0.1');
+  let text = '';
+  socket.setEncoding('latin1');
+  socket.on('data', (chunk: string) => (text += chunk));
+  socket.on('error', () => {});
+  const closed = once(socket, 'close');
+  socket.write(`GET /slow/x HTTP/1.1\r\nHost: gw\r\ngateway-authorization: ${token()}\r\n\r\n`);
+  await waitUntil(() => text.includes('first-half|'));
+  socket.write('NOT HTTP AT ALL\r\n\r\n');
+  await closed;
+  assert.equal(statusOf(text), 200);
+  assert.equal(text.match(/HTTP\/1\.1 \d{3}/g)?.length, 1, `one response only: ${JSON.stringify(text)}`);
+  assert.ok(!text.includes('bad_request'), 'no 400 inside the body');
 });
 
 test('a request smuggled behind an admitted one never reaches the upstream', async () => {
@@ -283,12 +345,19 @@ test('a Connection header naming a framing header is refused, so no hop can lose
   }
 });
 
-test('a percent-encoded letter, a double encoding or a path parameter cannot dodge a route', async () => {
+test('a percent-encoded letter, a double encoding, a path parameter, a fragment or another case cannot dodge a route', async () => {
   const t = token();
-  for (const target of ['/artifacts/%61dmin/x', '/artifacts/%2561dmin/x', '/artifacts/admin;x/secret']) {
+  const targets = ['/artifacts/%61dmin/x', '/artifacts/%2561dmin/x', '/artifacts/admin;x/secret', '/artifacts/admin#', '/artifacts/admin#/x', '/artifacts/x?q#frag', '/artifacts/ADMIN/x', '/artifacts/Admin', '/ARTIFACTS/x'];
+  for (const target of targets) {
     const answer = await untouched(() => rawExchange(gw.port, `GET ${target} HTTP/1.1\r\nHost: gw\r\ngateway-authorization: ${t}\r\nconnection: close\r\n\r\n`));
     assert.equal(statusOf(answer), 400, target);
+    assert.match(answer, /"error":"bad_request"/, target);
   }
+  // Case matters only where it would change the route: other paths are passed as sent.
+  upstream.reset();
+  const mixed = await get('/artifacts/Builds/App.TXT?Q=1', { 'gateway-authorization': t });
+  assert.equal(mixed.status, 200);
+  assert.equal(upstream.requests.at(-1)!.url, '/store/Builds/App.TXT?Q=1');
 });
 
 test('no log line carries a token, and every line is JSON', () => {

@@ -58,6 +58,9 @@ const REFUSED: [why: string, target: string][] = [
   ['an encoded backslash %5c', '/a%5cb'],
   ['an encoded backslash %5C', '/a%5Cb'],
   ['an encoded NUL', '/a%00b'],
+  ['a fragment', '/admin#'],
+  ['a fragment holding a path', '/admin#/x'],
+  ['a fragment after a query', '/a?x=1#y'],
   ['an encoded line feed', '/a%0ab'],
   ['an encoded carriage return', '/a%0Db'],
   ['an encoded unit separator', '/a%1fb'],
@@ -112,9 +115,9 @@ interface TestRoute {
 
 const r = (name: string, path: string, upstreamPath = '/') => ({ name, path, upstreamPath });
 
-function routeOf(routes: readonly TestRoute[], path: string): [name: string, upstreamPath: string] | undefined {
+function routeOf(routes: readonly TestRoute[], path: string): [name: string, upstreamPath: string] | 'ambiguous' | undefined {
   const found = createRouter(routes)(path);
-  return found && [found.route.name, found.upstreamPath];
+  return typeof found === 'object' ? [found.route.name, found.upstreamPath] : found;
 }
 
 test('the longest matching prefix wins, whatever the order of the routes', () => {
@@ -136,7 +139,6 @@ const BOUNDARIES: [path: string, matches: boolean][] = [
   ['/artifactsx', false],
   ['/artifacts-old/x', false],
   ['/artifact', false],
-  ['/Artifacts', false],
   ['/', false],
   ['/other/artifacts', false],
 ];
@@ -208,5 +210,19 @@ test('a trailing slash on the request picks the same route as without it, and is
 
 test('the router hands back the route object it was given', () => {
   const route = r('artifacts', '/artifacts', '/');
-  assert.equal(createRouter([route])('/artifacts/x')?.route, route);
+  const found = createRouter([route])('/artifacts/x');
+  assert.equal(typeof found === 'object' && found.route, route);
+});
+
+test('a path that names its route in another case is ambiguous, since IIS and Express serve /ADMIN as /admin', () => {
+  const routes = [r('root', '/'), r('admin', '/admin', '/A'), r('files', '/Files', '/F')];
+  for (const path of ['/ADMIN', '/Admin/x', '/aDmin/', '/files/x', '/FILES', '/FiLeS/a']) assert.equal(routeOf(routes, path), 'ambiguous', path);
+  // Case elsewhere in the path does not change the route: it is passed as sent.
+  assert.deepEqual(routeOf(routes, '/admin/Report.PDF'), ['admin', '/A/Report.PDF']);
+  assert.deepEqual(routeOf(routes, '/Files/Big.TAR'), ['files', '/F/Big.TAR']);
+  assert.deepEqual(routeOf(routes, '/Other/X'), ['root', '/Other/X']);
+  assert.deepEqual(routeOf(routes, '/administrator'), ['root', '/administrator']);
+  // Without a root route, a path in another case would have found no route anyway: it is refused all the same.
+  assert.equal(routeOf([r('admin', '/admin')], '/ADMIN/x'), 'ambiguous');
+  assert.equal(routeOf([r('admin', '/admin')], '/other'), undefined);
 });
