@@ -123,12 +123,13 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
   async function handle(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
     const p = plan;
     const ex = beginExchange(req, res, log, 'request');
-    // While draining, every answer asks the client to take its next request elsewhere (see drain()).
-    if (draining) res.setHeader('connection', 'close');
+    if (draining) res.setHeader('connection', 'close'); // every answer asks the client to take its next request elsewhere
     const slot = freeSlots.pop() ?? inflight.push(undefined) - 1;
     inflight[slot] = res;
     const done = () => inflight[slot] === res && ((inflight[slot] = stops[slot] = undefined), freeSlots.push(slot));
+    // A response queued behind another on a connection that dies gets neither 'finish' nor 'close' on Node: its request's close frees it.
     res.once('finish', done).once('close', done);
+    req.once('close', () => req.socket.destroyed && done());
     const head = inspectHead(req.rawHeaders, p.config.token.header);
     // HTTP/1.0 has no chunked coding (RFC 9112 §6.1). A refused framing closes the connection: Bun would parse on.
     const framing = head.framing ?? (head.bodyFraming && 'chunked' in head.bodyFraming && req.httpVersion === '1.0' ? 'chunked in HTTP/1.0' : undefined);
@@ -223,7 +224,7 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
       await proxyMode.stop();
       // Exchanges still being admitted write their lines once their key fetch (discovery, then the key set) and, for a
       // CONNECT, DNS lookup end: wait for them, at most as long as those can take.
-      const { keys: { fetchTimeoutMs }, timeouts: { upstreamConnectMs } } = plan.config;
+      const { fetchTimeoutMs } = initial.keys, { upstreamConnectMs } = plan.config.timeouts;
       await Promise.race([new Promise<void>((resolve) => (unlogged === 0 ? resolve() : waiting.push(resolve))), sleep(2 * fetchTimeoutMs + upstreamConnectMs + 1_000, undefined, { ref: false })]);
     },
     ready,

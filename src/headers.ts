@@ -103,6 +103,7 @@ export function upstreamHeaders(raw: readonly string[], o: UpstreamHeadOptions):
   const drop = hopByHop(raw);
   const out: OutgoingHttpHeaders = {};
   let forwardedFor = '', forwardedProto = '', forwardedHost = '', host = '';
+  const tokenHeader = o.tokenHeader.replaceAll('_', '-');
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toLowerCase();
     const value = raw[i + 1]!;
@@ -112,7 +113,7 @@ export function upstreamHeaders(raw: readonly string[], o: UpstreamHeadOptions):
     if (o.trustedPeer && name === 'x-forwarded-host') forwardedHost ||= value;
     // CGI-style servers (WSGI, Rack) read "X_Oidc_Repository" as X-Oidc-Repository: ours are checked in both spellings.
     const dashed = name.includes('_') ? name.replaceAll('_', '-') : name;
-    if (drop(name) || dashed === o.tokenHeader || name === 'content-length' || name === 'host' || name === 'expect') continue;
+    if (drop(name) || dashed === tokenHeader || name === 'content-length' || name === 'host' || name === 'expect') continue;
     // Identity and forwarding headers are ours alone: a client cannot pre-set them, nor re-state the method or path we judged.
     if (dashed.startsWith('x-oidc-') || dashed.startsWith('x-forwarded-') || OURS_ALONE.has(dashed)) continue;
     append(out, name, value);

@@ -64,8 +64,7 @@ export function createKeySet(opts: KeySetOptions): KeySet {
   // Refresh once 80% of the max age has passed, so no request waits on it.
   let refreshAt = Infinity;
   let lastAttempt = -Infinity, stopped = false;
-  let inflight: Promise<boolean> | undefined;
-  let timer: ReturnType<typeof setTimeout> | undefined;
+  let inflight: Promise<boolean> | undefined, timer: ReturnType<typeof setTimeout> | undefined;
 
   const usable = (t: number) => keys.size > 0 && t < expiresAt + staleIfErrorMs;
 

@@ -24,10 +24,7 @@ const USAGE = `Usage: oidc-gateway [--config FILE] [--check]
 Signals: SIGTERM or SIGINT drain, then exit 0; SIGHUP reloads the config (a bad one is logged and ignored).
 `;
 
-function fail(message: string): never {
-  process.stderr.write(`oidc-gateway: ${message}\n`);
-  process.exit(2);
-}
+const fail: (message: string) => never = (message) => (process.stderr.write(`oidc-gateway: ${message}\n`), process.exit(2));
 
 interface Args { config: string; check: boolean; explain: boolean; token?: string; claims?: string; path?: string; connect?: string }
 

@@ -43,9 +43,10 @@ export function openTunnel(client: Duplex, head: Buffer, o: TunnelOptions): Tunn
     finished = true;
     closedBy ??= why;
     for (const t of timers) clearTimeout(t);
-    // A reset is passed on as a reset: a FIN would tell the other side that what it got was complete.
+    // A reset is passed on as a reset: a FIN would tell the other side that what it got was complete. (A TLS socket, a
+    // host's https server, or any other Duplex cannot be reset: it is closed.)
     (established && reason === 'client_aborted' ? upstream.resetAndDestroy() : upstream.destroy());
-    if (established) (reason === 'upstream_reset' ? (client as Socket).resetAndDestroy() : client.destroy());
+    if (established) try { (reason === 'upstream_reset' ? (client as Socket).resetAndDestroy() : client.destroy()); } catch { client.destroy(); }
     settle({ reason, established, closedBy, bytesUp, bytesDown });
   };
 
@@ -74,7 +75,7 @@ export function openTunnel(client: Duplex, head: Buffer, o: TunnelOptions): Tunn
     upstream.once('end', () => (closedBy ??= 'upstream'));
     // Once the upstream is gone, let what it sent drain to the (already ended) client; one that never reads is cut at idleMs.
     upstream.once('close', () => {
-      if (client.writableFinished) return end(closedBy ?? 'upstream');
+      if (finished || client.writableFinished) return end(closedBy ?? 'upstream');
       client.end();
       client.once('finish', () => end(closedBy ?? 'upstream'));
       timers.push(setTimeout(() => end(closedBy ?? 'upstream'), o.idleMs));

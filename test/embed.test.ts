@@ -3,6 +3,9 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
+import { Duplex } from 'node:stream';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { generateRsaKey, httpGet, httpRequest, JWKS_PATH, signToken, startIssuer, startRecorder, waitUntil, type Issuer, type Recorder, type TestKey } from './helpers.ts';
 
 let key: TestKey;
@@ -95,6 +98,72 @@ function parsedOrThrow(lib: typeof import('../src/index.ts'), keys: Record<strin
   if (!parsed.ok) throw new Error(parsed.problems.join('; '));
   return parsed.config;
 }
+
+test('connect() takes any Duplex from its host: a destination that resets closes one that cannot be reset, and nothing throws', { timeout: 20_000 }, async () => {
+  const lib = (await import('oidc-gateway')) as typeof import('../src/index.ts');
+  const destination = net.createServer((s) => (s.on('error', () => {}), s.once('data', () => s.resetAndDestroy())));
+  await new Promise<void>((resolve) => destination.listen(0, '127.0.0.1', resolve));
+  const target = `127.0.0.1:${(destination.address() as AddressInfo).port}`;
+  const parsed = lib.parseConfig({ issuers: [{ issuer: issuer.issuer, audience: 'aud' }], tunnels: [{ to: [target], allow: [{ repository: 'octo-org/octo-repo' }] }] });
+  assert.ok(parsed.ok);
+  const lines: Record<string, unknown>[] = [];
+  const gateway = lib.createGateway(parsed.config, { log: (line) => lines.push(line) });
+  // As a host on TLS would: a TLSSocket cannot be reset, and a Duplex made of a socket has no resetAndDestroy at all.
+  const raw: net.Socket[] = [];
+  const host = http.createServer().on('connect', (req, socket: net.Socket, head) => (raw.push(socket), gateway.connect(req, Duplex.from({ readable: socket, writable: socket }), head)));
+  await new Promise<void>((resolve) => host.listen(0, '127.0.0.1', resolve));
+  const client = net.connect((host.address() as AddressInfo).port, '127.0.0.1');
+  try {
+    await gateway.start();
+    const now = Math.floor(Date.now() / 1000);
+    const token = signToken({ alg: 'RS256', kid: 'k1' }, { iss: issuer.issuer, aud: 'aud', exp: now + 60, repository: 'octo-org/octo-repo' }, key.privateKey);
+    client.on('error', () => {});
+    const closed = new Promise((resolve) => client.once('close', resolve));
+    client.write(`CONNECT ${target} HTTP/1.1\r\nhost: ${target}\r\nproxy-authorization: Bearer ${token}\r\n\r\n`);
+    await new Promise((resolve) => client.once('data', resolve));
+    client.write('hello');
+    await closed;
+    await waitUntil(() => lines.some((l) => l.kind === 'tunnel'));
+    const line = lines.find((l) => l.kind === 'tunnel')!;
+    assert.equal(line.closedBy, 'upstream');
+    assert.equal(line.reason, 'upstream_reset');
+  } finally {
+    client.destroy();
+    await gateway.stop();
+    for (const socket of raw) socket.destroy();
+    host.closeAllConnections();
+    await Promise.all([new Promise((resolve) => host.close(resolve)), new Promise((resolve) => destination.close(resolve))]);
+  }
+});
+
+test('responses queued behind an answer that closes the connection are let go once it closes, not held for good', async () => {
+  const lib = (await import('oidc-gateway')) as typeof import('../src/index.ts');
+  const parsed = lib.parseConfig({ issuers: [{ issuer: issuer.issuer, audience: 'aud' }], routes: [{ path: '/svc', upstream: upstream.url, allow: [{ repository: 'octo-org/octo-repo' }] }] });
+  assert.ok(parsed.ok);
+  const gateway = lib.createGateway(parsed.config);
+  const held: WeakRef<http.ServerResponse>[] = [];
+  const host = http.createServer((req, res) => (held.push(new WeakRef(res)), gateway.handle(req, res)));
+  await new Promise<void>((resolve) => host.listen(0, '127.0.0.1', resolve));
+  try {
+    await gateway.start();
+    // A refusal with its body unread closes the connection; Node has already queued the 20 requests behind it.
+    const socket = net.connect((host.address() as AddressInfo).port, '127.0.0.1');
+    socket.on('error', () => {});
+    socket.resume();
+    socket.write(`POST /svc/x HTTP/1.1\r\nhost: x\r\ngateway-authorization: bad\r\ncontent-length: 5\r\n\r\nhello${'GET /svc/y HTTP/1.1\r\nhost: x\r\ngateway-authorization: bad\r\n\r\n'.repeat(20)}`);
+    await new Promise((resolve) => socket.once('close', resolve));
+    await waitUntil(() => held.length === 21);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    for (let i = 0; i < 3; i++) (gc(), await new Promise((resolve) => setImmediate(resolve)));
+    assert.equal(held.filter((r) => r.deref() !== undefined).length, 0, 'every response was let go');
+  } finally {
+    await gateway.stop();
+    host.closeAllConnections();
+    await new Promise((resolve) => host.close(resolve));
+  }
+});
 
 /** The gateway mounted in a host server, its one route to an upstream that answers each request only when told. */
 async function mountHeld(answer: (res: http.ServerResponse) => void) {

@@ -15,8 +15,9 @@ let key: TestKey;
 let otherKey: TestKey;
 let issuer: Issuer;
 let upstream: Recorder;
-/** Sends its head and half its body at once, the rest 300 ms later. */
+/** Sends its head and half its body at once, the rest when released. */
 let slow: Recorder;
+const releaseSlow: (() => void)[] = [];
 let gw: RunningGateway;
 const sentTokens: string[] = [];
 
@@ -59,7 +60,7 @@ before(async () => {
   slow = await startRecorder((_req, res) => {
     res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '20' });
     res.write('first-half|');
-    setTimeout(() => res.end('second-ha'), 300);
+    releaseSlow.push(() => res.end('second-ha'));
   });
   gw = await startGateway({
     issuers: [{ issuer: issuer.issuer, audience: AUD }],
@@ -309,6 +310,7 @@ test('garbage behind a request whose response is under way cuts the connection, 
   await waitUntil(() => text.includes('first-half|'));
   socket.write('NOT HTTP AT ALL\r\n\r\n');
   await closed;
+  releaseSlow.splice(0).forEach((release) => release());
   assert.equal(statusOf(text), 200);
   assert.equal(text.match(/HTTP\/1\.1 \d{3}/g)?.length, 1, `one response only: ${JSON.stringify(text)}`);
   assert.ok(!text.includes('bad_request'), 'no 400 inside the body');

@@ -172,6 +172,16 @@ test('from an untrusted peer, spoofed x-oidc-*, x-forwarded-* and forwarded head
   assert.equal(out.forwarded, undefined);
 });
 
+test('a token header named with underscores is dropped in either spelling, and ours can be planted in neither', () => {
+  const raw = head('X_Gateway_Token', 'Bearer secret-1', 'x-gateway-token', 'Bearer secret-2', 'X_Oidc_Repository', 'evil/spoof', 'x_request_id', 'chosen', 'X_Keep_Me', 'kept');
+  const out = upstreamHeaders(raw, options({ tokenHeader: 'x_gateway_token' }));
+  assert.ok(!JSON.stringify(out).includes('secret'), JSON.stringify(out));
+  assert.equal(out.x_oidc_repository, undefined);
+  assert.equal(out['x-oidc-repository'], 'octo-org/octo-repo');
+  assert.equal(out.x_request_id, undefined);
+  assert.equal(out.x_keep_me, 'kept');
+});
+
 test('from a trusted peer, X-Forwarded-For is kept and appended to, X-Forwarded-Proto and -Host are kept', () => {
   const raw = head(
     'X-Forwarded-For', '198.51.100.1',
