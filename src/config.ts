@@ -113,7 +113,7 @@ export function parseConfig(input: unknown): ConfigResult {
   const tok = object(or(root.token, {}), 'token', ['header', 'maxAgeSeconds', ...Object.keys(RANGES.token)], p);
   const header = or(tok.header, DEFAULTS.token.header);
   if (typeof header !== 'string' || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$/.test(header)) p('token.header', 'expected an HTTP header name');
-  if (typeof header === 'string' && isReservedHeader(header.toLowerCase())) p('token.header', 'must not be a header the gateway reads or sets itself');
+  if (typeof header === 'string' && isReservedHeader(header.toLowerCase().replaceAll('_', '-'))) p('token.header', 'must not be a header the gateway reads or sets itself');
   const maxAgeSeconds = tok.maxAgeSeconds === undefined ? undefined : num(tok, 'maxAgeSeconds', 0, 1, 86_400, 'token', p);
   const token = { header: text(header).toLowerCase(), ...numbers('token', tok, p), maxAgeSeconds };
   const keys = numbers('keys', object(or(root.keys, {}), 'keys', Object.keys(RANGES.keys), p), p);

@@ -130,11 +130,10 @@ export function createGateway(initial: GatewayConfig, opts: GatewayOptions = {})
     // A response queued behind another on a connection that dies gets neither 'finish' nor 'close' on Node: its request's close frees it.
     res.once('finish', done).once('close', done);
     req.once('close', () => req.socket.destroyed && done());
-    const head = inspectHead(req.rawHeaders, p.config.token.header);
-    // HTTP/1.0 has no chunked coding (RFC 9112 §6.1). A refused framing closes the connection: Bun would parse on.
-    const framing = head.framing ?? (head.bodyFraming && 'chunked' in head.bodyFraming && req.httpVersion === '1.0' ? 'chunked in HTTP/1.0' : undefined);
-    ex.bodyPending = head.hasBody || framing !== undefined;
-    if (framing) return ex.refuse('bad_request', { detail: framing });
+    const head = inspectHead(req.rawHeaders, p.config.token.header, req.httpVersion);
+    // A refused framing closes the connection: Bun would parse on.
+    ex.bodyPending = head.hasBody || head.framing !== undefined;
+    if (head.framing) return ex.refuse('bad_request', { detail: head.framing });
     const absoluteForm = p.config.tunnels.length > 0 && req.url?.startsWith('http://');
     const to = absoluteForm ? await proxyMode.forward(req, ex, head, p) : await admitRoute(req, res, ex, head, p);
     if (!to) return;

@@ -29,7 +29,7 @@ export interface InboundHead {
 
 // Both parsers accept two Host headers, and Bun two equal Content-Length headers; a proxy in front
 // of us may frame differently, so anything ambiguous is refused (RFC 9112 §6.3, request smuggling).
-export function inspectHead(raw: readonly string[], tokenHeader: string): InboundHead {
+export function inspectHead(raw: readonly string[], tokenHeader: string, httpVersion = '1.1'): InboundHead {
   let hosts = 0, lengths = 0, encodings = 0, tokens = 0, proxyAuths = 0;
   let encoding = '', length = '', token = '', proxyAuth = '', connection = '';
   for (let i = 0; i < raw.length; i += 2) {
@@ -47,6 +47,7 @@ export function inspectHead(raw: readonly string[], tokenHeader: string): Inboun
   else if (lengths > 1) framing = 'repeated Content-Length';
   else if (encodings > 1 || (encodings === 1 && encoding.toLowerCase() !== 'chunked')) framing = 'Transfer-Encoding other than chunked';
   else if (encodings === 1 && lengths === 1) framing = 'both Content-Length and Transfer-Encoding';
+  else if (encodings === 1 && httpVersion === '1.0') framing = 'chunked in HTTP/1.0'; // HTTP/1.0 has no chunked coding (RFC 9112 §6.1)
   // Naming a framing header in Connection asks the next hop to lose the body's framing (RFC 9110 §7.6.1).
   else if (connection.split(',').some((n) => FRAMING.has(n.trim()))) framing = 'Connection names a framing header';
   const bodyFraming = encodings === 1 ? { chunked: true as const } : lengths === 1 && length !== '0' ? { length } : undefined;

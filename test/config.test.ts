@@ -156,6 +156,8 @@ const INVALID: [what: string, change: (c: Json) => void, problems: string[]][] =
   ['token.header as a number', (c) => (c.token = { header: 1 }), ['token.header: expected an HTTP header name']],
   ['token.header with a space', (c) => (c.token = { header: 'gateway authorization' }), ['token.header: expected an HTTP header name']],
   ['token.header with a colon', (c) => (c.token = { header: 'x-token:' }), ['token.header: expected an HTTP header name']],
+  // WSGI and Rack read underscores as dashes: X_Forwarded_For is X-Forwarded-For to them.
+  ['token.header one of ours spelled with underscores', (c) => (c.token = { header: 'X_Forwarded_For' }), ['token.header: must not be a header the gateway reads or sets itself']],
   ['an empty token.header', (c) => (c.token = { header: '' }), ['token.header: expected an HTTP header name']],
   ['token.clockSkewSeconds as a string', (c) => (c.token = { clockSkewSeconds: '60' }), ['token.clockSkewSeconds: expected a whole number from 0 to 600']],
   ['token.clockSkewSeconds -1', (c) => (c.token = { clockSkewSeconds: -1 }), ['token.clockSkewSeconds: expected a whole number from 0 to 600']],

@@ -90,6 +90,13 @@ for (const [what, raw, token] of TOKENS) {
   });
 }
 
+test('inspectHead refuses a chunked body in HTTP/1.0, which has no chunked coding, and takes it in HTTP/1.1', () => {
+  const raw = ['Host', 'gw', 'Transfer-Encoding', 'chunked'];
+  assert.equal(inspectHead(raw, TOKEN_HEADER, '1.0').framing, 'chunked in HTTP/1.0');
+  assert.equal(inspectHead(raw, TOKEN_HEADER, '1.1').framing, undefined);
+  assert.equal(inspectHead(['Host', 'gw', 'Content-Length', '5'], TOKEN_HEADER, '1.0').framing, undefined);
+});
+
 test('inspectHead reads the token from Authorization when that is the configured header', () => {
   assert.equal(inspectHead(head('Authorization', 'Bearer eyJ.a.b'), 'authorization').token, 'eyJ.a.b');
   assert.equal(inspectHead(head('Gateway-Authorization', 'Bearer eyJ.a.b'), 'authorization').token, '');
